@@ -1,0 +1,148 @@
+"""The artefact contract of a run directory, the same for every algorithm and backend.
+
+    output_dir/
+      recipe.resolved.yaml   the recipe after defaults and overrides, secrets removed
+      metrics.jsonl          one JSON object per logging/eval step: {"step": N, "loss": ..., ...}
+      summary.json           first and last value of each metric, runtime, tokens/s
+      curves.png             the metrics drawn against step
+      final/                 HF model dir, or PEFT adapter + fai_rl.json naming its base
+      checkpoint-N/          resumable checkpoints (local backend)
+      logs/                  --nohup logs and pid files
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fai_rl.config.load import recipe_to_yaml
+from fai_rl.config.schema import Recipe
+from fai_rl.errors import RecipeError
+
+RUN_MARKERS = ("recipe.resolved.yaml", "metrics.jsonl", "final")
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-N dirs of a run, oldest first."""
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def check_output_dir(recipe: Recipe, resuming: bool) -> None:
+    """Refuse to start a fresh run on top of an earlier one unless asked to (nothing is written here)."""
+    out = Path(recipe.training.output_dir)
+    if resuming or recipe.training.overwrite_output_dir or not out.exists():
+        return
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"training.output_dir: '{out}' is a file; name a directory.")
+    held = [m for m in RUN_MARKERS if (out / m).exists()] + [p.name for p in checkpoints(out)[-1:]]
+    if held:
+        raise RecipeError(
+            f"training.output_dir: '{out}' already holds a run ({', '.join(held)}); pass --resume to continue it, "
+            "choose another output_dir, or set training.overwrite_output_dir=true to replace it."
+        )
+
+
+class RunDir:
+    """Writes the artefacts of one run into output_dir."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.started = time.time()
+
+    def start(self, recipe: Recipe, resume_step: int | None = None) -> None:
+        """Create the dir and write the resolved recipe; on resume keep metrics up to the resumed step."""
+        if resume_step is None and recipe.training.overwrite_output_dir and self.path.exists():
+            for name in ("metrics.jsonl", "summary.json", "curves.png"):
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / "final", ignore_errors=True)
+            for ckpt in checkpoints(self.path):
+                shutil.rmtree(ckpt, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+        if resume_step is not None and self.metrics_path.exists():
+            kept = [row for row in self.read_metrics() if row.get("step", 0) <= resume_step]
+            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        """Append one row to metrics.jsonl (numbers only)."""
+        row = {"step": step}
+        row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line]
+
+    def write_summary(self, **extra) -> dict:
+        """summary.json: first/last value of every metric plus run-level numbers; returns it."""
+        first: dict[str, float] = {}
+        last: dict[str, float] = {}
+        for row in self.read_metrics():
+            for key, value in row.items():
+                if key == "step" or not math.isfinite(value):
+                    continue
+                first.setdefault(key, value)
+                last[key] = value
+        summary = {
+            "metrics": {k: {"first": first[k], "last": last[k]} for k in first},
+            "wall_time_s": round(time.time() - self.started, 2),
+            **extra,
+        }
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        return summary
+
+    def plot_curves(self) -> Path | None:
+        """curves.png: each metric against step (skips run-level totals such as train_runtime)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for row in self.read_metrics():
+            for key, value in row.items():
+                if key != "step" and not key.startswith("train_") and not key.endswith(("_runtime", "per_second")):
+                    xs, ys = series.setdefault(key, ([], []))
+                    xs.append(row["step"])
+                    ys.append(value)
+        series = {k: v for k, v in series.items() if k not in ("epoch", "num_input_tokens_seen")}
+        if not series:
+            return None
+        cols = min(3, len(series))
+        rows = math.ceil(len(series) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+        for ax, (key, (xs, ys)) in zip(axes.flat, sorted(series.items()), strict=False):
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3)
+            ax.set_title(key)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(series) :]:
+            ax.axis("off")
+        fig.tight_layout()
+        out = self.path / "curves.png"
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+    @contextmanager
+    def staging(self, name: str) -> Iterator[Path]:
+        """A temp dir that replaces output_dir/name only when the block succeeds (never a half-written final/)."""
+        tmp = self.path / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            shutil.rmtree(self.path / name, ignore_errors=True)
+            os.replace(tmp, self.path / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

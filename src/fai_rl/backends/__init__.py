@@ -1,0 +1,48 @@
+"""Dispatch from (training.backend, training.algorithm) to the module that trains it: one table, one place.
+
+Each module offers the `AlgorithmModule` protocol. Modules are named as strings and imported on use, so validating a
+recipe never imports torch. Adding an algorithm is one line here plus its module, recipe and test.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+from fai_rl.artifacts import RunDir
+from fai_rl.config.schema import Recipe
+
+TRAINERS: dict[tuple[str, str], str] = {
+    ("local", "sft"): "fai_rl.backends.local.sft",
+}
+
+
+class AlgorithmModule(Protocol):
+    """What a backend's algorithm module offers the CLI."""
+
+    def prepare(self, recipe: Recipe, resume: str | None) -> Any:
+        """Load the tokenizer and data, check them and the resume point; write nothing."""
+
+    def describe(self, recipe: Recipe, prepared: Any) -> str:
+        """What --dry-run prints about the prepared data (rendered examples, token statistics)."""
+
+    def train(self, recipe: Recipe, prepared: Any, run: RunDir) -> dict:
+        """Train, writing the artefacts into `run`; returns the summary."""
+
+
+def check_dispatch(recipe: Recipe) -> list[tuple[str, str]]:
+    """A recipe problem when no module trains this (backend, algorithm) pair in this version."""
+    pair = (recipe.training.backend, recipe.training.algorithm)
+    if pair in TRAINERS:
+        return []
+    offered = ", ".join(f"{a} on {b}" for b, a in TRAINERS)
+    return [(
+        "training.algorithm",
+        f"'{pair[1]}' on backend '{pair[0]}' is not available in this version of fai-rl (available: {offered}); "
+        "pick one of those.",
+    )]
+
+
+def algorithm_module(recipe: Recipe) -> AlgorithmModule:
+    """The module that trains this recipe (check_dispatch has already accepted it)."""
+    return importlib.import_module(TRAINERS[(recipe.training.backend, recipe.training.algorithm)])

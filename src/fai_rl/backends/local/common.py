@@ -1,0 +1,132 @@
+"""What every local (transformers/TRL) algorithm shares: recipe -> trainer arguments, metrics, resume, final save."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from fai_rl.artifacts import RunDir, checkpoints
+from fai_rl.config.schema import Recipe
+from fai_rl.errors import RecipeError
+from fai_rl.models.load import accelerator, use_bf16
+
+# Files HF Trainer needs to continue a run exactly (optimizer, schedule, data position, RNG).
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def trainer_arguments(recipe: Recipe, has_eval: bool) -> dict:
+    """The recipe's `training:` keys as transformers/TRL TrainingArguments keyword arguments: the one mapping."""
+    t = recipe.training
+    return {
+        "output_dir": t.output_dir,
+        "learning_rate": t.learning_rate,
+        "num_train_epochs": t.num_train_epochs,
+        "max_steps": t.max_steps if t.max_steps is not None else -1,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "warmup_steps": t.warmup_steps,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "optim": t.optim,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "bf16": use_bf16(recipe),
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "eval_strategy": "steps" if t.eval_steps is not None else "no",
+        "eval_steps": t.eval_steps,
+        "eval_on_start": has_eval,  # the "before" number every run's summary compares against
+        "deepspeed": t.deepspeed_config,
+        "report_to": ["wandb"] if recipe.wandb.enabled else "none",
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_pin_memory": accelerator() == "cuda",
+        "disable_tqdm": True,  # metrics.jsonl and the log lines below say the same, one line per logging step
+    }
+
+
+def quiet_progress_bars() -> None:
+    """Per-shard and per-map progress bars flood logs (and --nohup files); our metrics lines say what matters."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends every log HF Trainer makes (train and eval) to metrics.jsonl and prints a compact line."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.run.log_metrics(state.global_step, logs)
+        shown = {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "grad_norm")}
+        if shown:
+            body = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+            print(f"step {state.global_step}/{state.max_steps}  {body}", flush=True)
+
+
+@dataclass
+class ResumePoint:
+    path: Path
+    step: int
+
+
+def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
+    """The checkpoint --resume means (latest in output_dir, or a given dir), checked to hold full training state."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = checkpoints(Path(recipe.training.output_dir))
+        if not found:
+            raise RecipeError(
+                f"--resume: no checkpoint-N in training.output_dir '{recipe.training.output_dir}' to resume from; "
+                "run without --resume to start, or pass --resume PATH to a checkpoint."
+            )
+        path = found[-1]
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise RecipeError(f"--resume: '{resume}' is not a checkpoint directory; give a checkpoint-N dir.")
+    missing = [f for f in RESUME_FILES if not (path / f).exists()]
+    if missing:
+        raise RecipeError(
+            f"--resume: '{path}' holds weights only (no {', '.join(missing)}), so the optimizer, schedule and data "
+            "position cannot be restored and resume is impossible; start a fresh run (optionally from these weights "
+            "via model.base_model_name)."
+        )
+    step = json.loads((path / "trainer_state.json").read_text())["global_step"]
+    return ResumePoint(path=path, step=int(step))
+
+
+def save_final(model, tokenizer, recipe: Recipe, run: RunDir, global_step: int) -> Path:
+    """output_dir/final: a full HF model dir, or a PEFT adapter with fai_rl.json naming its base (written atomically)."""
+    with run.staging("final") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        note = {
+            "base_model_name": recipe.model.base_model_name,
+            "kind": "peft_adapter" if recipe.model.use_lora else "full_model",
+            "algorithm": recipe.training.algorithm,
+            "global_step": global_step,
+        }
+        if recipe.model.use_lora:
+            adapter = json.loads((tmp / "adapter_config.json").read_text())
+            note["base_model_path"] = adapter.get("base_model_name_or_path")
+            note["load_with"] = "peft.AutoPeftModelForCausalLM.from_pretrained(final_dir)"
+        else:
+            note["load_with"] = "transformers.AutoModelForCausalLM.from_pretrained(final_dir)"
+        (tmp / "fai_rl.json").write_text(json.dumps(note, indent=2) + "\n")
+    return run.path / "final"

@@ -1,0 +1,131 @@
+"""`fai-rl-train`: recipe -> validated once -> (backend, algorithm) module -> artefacts in output_dir.
+
+    fai-rl-train --recipe recipes/quickstart/sft.yaml [--num-gpus N] [--nohup] [--dry-run] [--resume [PATH]] [k=v ...]
+
+Any FaiRLError (recipe, data, environment) is printed without a traceback and exits 2; nothing is written to
+output_dir before the recipe, the data and the resume point have all been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from fai_rl.cli.launch import LAUNCHED_ENV, detach, plan_launch, relaunch
+from fai_rl.errors import FaiRLError
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fai-rl-train",
+        description="Train a model from a YAML recipe (sft, dpo, ppo, grpo, gspo; local or Tinker).",
+        epilog="Overrides: key.sub=value with YAML values, e.g. training.learning_rate=5e-5 "
+        "data.datasets[0].name=my/data model.lora_target_modules=[q_proj,v_proj]",
+    )
+    p.add_argument("--recipe", required=True, help="path of the recipe YAML")
+    p.add_argument("--num-gpus", type=int, default=None, help="GPUs to use: 0 = CPU, 1 = this process, N > 1 = "
+                   "accelerate launch (DDP, or DeepSpeed with training.deepspeed_config). Default: 1 if any, else CPU.")
+    p.add_argument("--nohup", action="store_true", help="run detached; log and pid file under output_dir/logs/")
+    p.add_argument("--dry-run", action="store_true", help="check recipe and data, show examples and the launch; "
+                   "train nothing")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                   help="continue from the latest checkpoint in output_dir, or from checkpoint dir PATH")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides (CLI > recipe > defaults)")
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.resume is not None and "=" in args.resume:  # `--resume a.b=c`: the override is not a path
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of fai-rl-train; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    try:
+        return _run(args, argv)
+    except FaiRLError as e:
+        print(f"fai-rl-train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fai-rl-train: interrupted; continue later with --resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from fai_rl.artifacts import check_output_dir
+    from fai_rl.backends import algorithm_module, check_dispatch
+    from fai_rl.config import load_recipe, recipe_to_yaml
+
+    recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch])
+    check_output_dir(recipe, resuming=args.resume is not None)
+    child_argv = [a for a in argv if a != "--nohup"]
+    launched = os.environ.get(LAUNCHED_ENV) == "1"
+    plan = None if launched else plan_launch(recipe, args.num_gpus, child_argv)
+
+    if args.dry_run:
+        module = algorithm_module(recipe)
+        prepared = module.prepare(recipe, args.resume)
+        print("recipe OK\n\n# resolved recipe\n" + recipe_to_yaml(recipe))
+        print("# data\n" + module.describe(recipe, prepared) + "\n")
+        print(f"# launch\n{plan.describe() if plan else 'inside accelerate launch'}\n\ndry run: nothing trained.")
+        return 0
+    if args.nohup:
+        pid, log, pid_file = detach(recipe, child_argv)
+        print(f"started in the background (pid {pid})\n  log:    {log}\n  follow: tail -f {log}\n"
+              f"  stop:   kill {pid}    # or: kill $(cat {pid_file})")
+        return 0
+    if plan is not None and plan.command is not None:
+        return relaunch(plan)
+    if plan is not None:
+        os.environ.update(plan.env)  # before torch sees CUDA
+        print(f"fai-rl-train: {plan.describe()}", flush=True)
+    return _train(recipe, args.resume, algorithm_module(recipe))
+
+
+def _train(recipe, resume: str | None, module) -> int:
+    from fai_rl.artifacts import RunDir
+    from fai_rl.config import recipe_to_yaml
+    from fai_rl.tracking import finish_wandb, start_wandb
+
+    prepared = module.prepare(recipe, resume)  # data and resume point checked before anything is written
+    run = RunDir(recipe.training.output_dir)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        run.start(recipe, resume_step=prepared.resume.step if prepared.resume else None)
+        print("# resolved recipe\n" + recipe_to_yaml(recipe), flush=True)
+    wandb_run = start_wandb(recipe, run.path) if main_process else None
+    try:
+        summary = module.train(recipe, prepared, run)
+    finally:
+        finish_wandb(wandb_run)
+    if main_process:
+        run.plot_curves()
+        print(format_summary(summary, run.path))
+    return 0
+
+
+def format_summary(summary: dict, output_dir) -> str:
+    """The end-of-run table: each headline metric before and after, then run-level numbers."""
+    rows = [("metric", "first", "last", "change")]
+    for key in ("eval_loss", "loss", "reward", "eval_reward", "accuracy"):
+        m = summary["metrics"].get(key)
+        if m:
+            change = (m["last"] - m["first"]) / abs(m["first"]) * 100 if m["first"] else float("nan")
+            rows.append((key, f"{m['first']:.4f}", f"{m['last']:.4f}", f"{change:+.1f}%"))
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows)
+    extra = (f"steps {summary.get('global_step')}  train time {summary.get('train_runtime_s')} s  "
+             f"tokens/s {summary.get('tokens_per_s')}  wall {summary.get('wall_time_s')} s")
+    return f"\n{table}\n{extra}\nartefacts in {output_dir}: final/, metrics.jsonl, summary.json, curves.png"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The recipe schema: one typed tree, the only place defaults live.
+
+Every field carries a one-line `help` (rendered into docs/recipe-reference.md by `python -m fai_rl.config.docs`) and,
+where the value is one of a closed set, its `choices`. Validation (fai_rl.config.load) reads both, so a new field is
+documented and checked the moment it is declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+ALGORITHMS = ("sft", "dpo", "ppo", "grpo", "gspo")
+BACKENDS = ("local", "tinker")
+# transformers.SchedulerType values (tests/test_recipe_schema.py checks they match the installed transformers).
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+# A subset of transformers.OptimizerNames worth offering (checked against transformers by the same test).
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adafactor",
+    "sgd",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "lion_8bit",
+    "paged_lion_8bit",
+)
+
+
+def _f(default: Any = MISSING, help: str = "", choices: tuple | None = None, **kw: Any) -> Any:
+    """A dataclass field with its documentation (and closed set of values) attached."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ModelConfig:
+    """What to train and how to load it."""
+
+    base_model_name: str = _f(
+        help="Model to start from: a hub id (e.g. Qwen/Qwen3-0.6B), a local HF model dir, or the built-in "
+        "`fai-rl/tiny` (no download). On the Tinker backend: the Tinker base model name."
+    )
+    torch_dtype: str = _f(
+        "auto",
+        help="Weights dtype: auto (bfloat16 on a GPU that supports it, float32 on CPU), float32, bfloat16, float16.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    use_lora: bool = _f(False, help="Train a LoRA adapter (peft) instead of all weights.")
+    lora_r: int = _f(16, help="LoRA rank.")
+    lora_alpha: int = _f(32, help="LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).")
+    lora_dropout: float = _f(0.05, help="Dropout on the LoRA branch, in [0, 1).")
+    lora_target_modules: list[str] = _f(
+        ["all-linear"], help="Modules that get LoRA: `all-linear`, or names such as q_proj, v_proj."
+    )
+    load_in_4bit: bool = _f(False, help="QLoRA: load the base weights in 4-bit NF4 (bitsandbytes); needs use_lora.")
+    load_in_8bit: bool = _f(False, help="Load the base weights in 8-bit (bitsandbytes); needs use_lora.")
+    bnb_4bit_quant_type: str = _f("nf4", help="4-bit quantisation data type.", choices=("nf4", "fp4"))
+    attn_implementation: Optional[str] = _f(
+        None,
+        help="Attention kernel; null lets transformers choose (sdpa where available).",
+        choices=(None, "eager", "sdpa", "flash_attention_2", "flash_attention_3"),
+    )
+    trust_remote_code: bool = _f(False, help="Allow model code from the hub repo to run (only for repos you trust).")
+
+
+@dataclass
+class DatasetSpec:
+    """One data source; columns are mapped onto what the algorithm needs."""
+
+    name: str = _f(
+        help="A local .jsonl/.json/.csv/.parquet file, a local dataset dir (save_to_disk or data files), a hub "
+        "dataset id, or a built-in task such as `fai-rl/arithmetic`."
+    )
+    split: str = _f("train", help="Split to read (hub datasets, dataset dirs, built-in tasks); ignored for one file.")
+    subset: Optional[str] = _f(None, help="Hub dataset configuration (subset) name.")
+    max_samples: Optional[int] = _f(None, help="Use at most this many rows from this source (null: all).")
+    prompt_column: str = _f("prompt", help="Column with the prompt (prompt/completion data, RL prompts).")
+    answer_column: str = _f(
+        "answer", help="Column with the answer: the completion for SFT, the reference answer for rewards."
+    )
+    chosen_column: str = _f("chosen", help="Column with the preferred response (DPO).")
+    rejected_column: str = _f("rejected", help="Column with the dispreferred response (DPO).")
+    messages_column: str = _f("messages", help="Column with chat messages: a list of {role, content}.")
+    text_column: str = _f("text", help="Column with plain text (language-modelling data).")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they become tokens."""
+
+    datasets: list[DatasetSpec] = _f(help="Training data sources, concatenated in order.")
+    eval_datasets: list[DatasetSpec] = _f([], help="Held-out data for evaluation (same format as `datasets`).")
+    eval_split_ratio: float = _f(
+        0.0, help="Hold out this fraction of the training rows for evaluation when no eval_datasets are given."
+    )
+    max_length: int = _f(1024, help="Longest tokenised example; longer ones are truncated (counted in --dry-run).")
+    system_prompt: Optional[str] = _f(
+        None, help="System message put first in every conversation that does not already have one."
+    )
+    loss_on: str = _f(
+        "assistant",
+        help="Which tokens carry the SFT loss: assistant (every assistant turn), last_assistant (the final "
+        "assistant turn), completion (the completion of prompt/completion rows; the final turn of chats), all "
+        "(every token). Plain-text rows always train on every token.",
+        choices=("assistant", "last_assistant", "completion", "all"),
+    )
+    shuffle_seed: Optional[int] = _f(None, help="Shuffle the training rows once with this seed (null: keep order).")
+
+
+@dataclass
+class TrainingConfig:
+    """The algorithm, the backend and the optimisation."""
+
+    algorithm: str = _f(help="Post-training algorithm.", choices=ALGORITHMS)
+    backend: str = _f("local", help="Where training runs: local (this machine's CPU/GPUs) or tinker.", choices=BACKENDS)
+    output_dir: str = _f(help="Directory for every artefact of the run (created when training starts).")
+    overwrite_output_dir: bool = _f(
+        False, help="Allow starting a new run in an output_dir that already holds one (its files are replaced)."
+    )
+    learning_rate: float = _f(5e-5, help="Peak learning rate.")
+    num_train_epochs: float = _f(1.0, help="Passes over the training data (ignored when max_steps is set).")
+    max_steps: Optional[int] = _f(None, help="Stop after this many optimizer steps (null: run num_train_epochs).")
+    per_device_train_batch_size: int = _f(8, help="Examples per device per forward pass.")
+    per_device_eval_batch_size: int = _f(8, help="Examples per device per evaluation forward pass.")
+    gradient_accumulation_steps: int = _f(1, help="Forward passes per optimizer step.")
+    warmup_steps: int = _f(0, help="Steps of linear learning-rate warm-up.")
+    lr_scheduler_type: str = _f("linear", help="Learning-rate schedule after warm-up.", choices=LR_SCHEDULERS)
+    optim: str = _f("adamw_torch", help="Optimizer (8-bit and paged variants need bitsandbytes).", choices=OPTIMIZERS)
+    weight_decay: float = _f(0.0, help="AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, help="Clip the gradient norm to this value (0 disables clipping).")
+    seed: int = _f(42, help="Seed for weights of new heads, data order, dropout and sampling.")
+    bf16: Optional[bool] = _f(
+        None, help="bfloat16 mixed precision; null: on when the GPU supports it, off on CPU."
+    )
+    gradient_checkpointing: bool = _f(False, help="Recompute activations in the backward pass to save memory.")
+    packing: bool = _f(False, help="SFT: pack several examples into each max_length sequence.")
+    logging_steps: int = _f(10, help="Write metrics every this many optimizer steps.")
+    save_steps: int = _f(500, help="Save a resumable checkpoint every this many optimizer steps.")
+    save_total_limit: Optional[int] = _f(None, help="Keep at most this many checkpoints (null: keep all).")
+    eval_steps: Optional[int] = _f(
+        None,
+        help="Evaluate every this many steps; null evaluates only before and after training. Needs eval data.",
+    )
+    deepspeed_config: Optional[str] = _f(
+        None, help="Path to a DeepSpeed JSON config (used with --num-gpus > 1)."
+    )
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging; without an API key runs are written offline into output_dir."""
+
+    enabled: bool = _f(False, help="Log the run to Weights & Biases.")
+    project: str = _f("fai-rl", help="W&B project.")
+    entity: Optional[str] = _f(None, help="W&B team or user (null: your default entity).")
+    name: Optional[str] = _f(None, help="Run name (null: W&B picks one).")
+    tags: list[str] = _f([], help="Run tags.")
+    mode: str = _f(
+        "auto",
+        help="auto (online when an API key is configured, else offline), online, offline.",
+        choices=("auto", "online", "offline"),
+    )
+
+
+@dataclass
+class RewardSpec:
+    """One reward function (used by the RL algorithms)."""
+
+    function: str = _f(help="A built-in reward name, `module:function`, or `path/to/file.py:function`.")
+    weight: float = _f(1.0, help="Weight of this reward in the sum.")
+    kwargs: dict[str, Any] = _f({}, help="Keyword arguments passed to the function.")
+
+
+@dataclass
+class TinkerConfig:
+    """The Tinker backend (hosted training API). The API key comes from TINKER_API_KEY only."""
+
+    base_url: Optional[str] = _f(None, help="Service URL (null: the SDK's default, or TINKER_BASE_URL).")
+    lora_rank: int = _f(32, help="LoRA rank of the Tinker training client.")
+
+
+@dataclass
+class Recipe:
+    """A whole recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    rewards: list[RewardSpec] = _f([], help="Reward functions for the RL algorithms, summed with their weights.")
+    tinker: TinkerConfig = field(default_factory=TinkerConfig)

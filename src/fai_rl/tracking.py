@@ -1,0 +1,54 @@
+"""Weights & Biases: start the run ourselves so its files live in output_dir and its config is the redacted recipe.
+
+HF Trainer's WandbCallback (report_to=["wandb"]) then logs into this run instead of starting its own. With no API key
+(`wandb.mode: auto`) the run is offline: real run files under output_dir/wandb/, synced later with `wandb sync`.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from fai_rl.config.load import recipe_to_dict
+from fai_rl.config.schema import Recipe
+
+
+def wandb_mode(recipe: Recipe) -> str:
+    """online or offline: auto means online only when an API key is configured."""
+    if recipe.wandb.mode != "auto":
+        return recipe.wandb.mode
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def start_wandb(recipe: Recipe, output_dir: Path):
+    """Start the wandb run of a recipe (None when disabled); prints where offline files go."""
+    if not recipe.wandb.enabled:
+        return None
+    import wandb
+
+    mode = wandb_mode(recipe)
+    run = wandb.init(
+        project=recipe.wandb.project,
+        entity=recipe.wandb.entity,
+        name=recipe.wandb.name,
+        tags=list(recipe.wandb.tags) or None,
+        dir=str(output_dir),
+        mode=mode,
+        config=recipe_to_dict(recipe),
+    )
+    if mode == "offline":
+        print(f"wandb: no API key, logging offline to {run.dir}; upload later with `wandb sync {Path(run.dir).parent}`")
+    return run
+
+
+def finish_wandb(run) -> None:
+    if run is not None:
+        run.finish()
