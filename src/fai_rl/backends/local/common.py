@@ -6,12 +6,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
 from fai_rl.artifacts import RunDir, checkpoints
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
 from fai_rl.models.load import accelerator, use_bf16
+
+# transformers 5.2x renamed gradient_checkpointing (the old name warns); older 5.x only knows the old one.
+_CHECKPOINTING_ARG = (
+    "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 # Files HF Trainer needs to continue a run exactly (optimizer, schedule, data position, RNG).
 RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
@@ -36,7 +42,7 @@ def trainer_arguments(recipe: Recipe, has_eval: bool) -> dict:
         "seed": t.seed,
         "data_seed": t.seed,
         "bf16": use_bf16(recipe),
-        "gradient_checkpointing": t.gradient_checkpointing,
+        _CHECKPOINTING_ARG: t.gradient_checkpointing,
         "logging_steps": t.logging_steps,
         "logging_first_step": True,
         "save_strategy": "steps",
@@ -90,12 +96,15 @@ def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
         return None
     if resume == "latest":
         found = checkpoints(Path(recipe.training.output_dir))
+        complete = [c for c in found if all((c / f).exists() for f in RESUME_FILES)]
         if not found:
             raise RecipeError(
                 f"--resume: no checkpoint-N in training.output_dir '{recipe.training.output_dir}' to resume from; "
                 "run without --resume to start, or pass --resume PATH to a checkpoint."
             )
-        path = found[-1]
+        path = complete[-1] if complete else found[-1]  # a checkpoint cut short by a kill is skipped
+        if complete and path != found[-1]:
+            print(f"--resume: skipping {found[-1].name} (incomplete, the run stopped while writing it)")
     else:
         path = Path(resume)
         if not path.is_dir():

@@ -1,0 +1,72 @@
+"""Shared fixtures: recipes written into tmp dirs, the CLI run in-process or as a real subprocess.
+
+Tests never reach a hub: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set for the whole session. The built-in tiny model
+is materialised once into the fai-rl cache (FAI_RL_HOME) and shared by every test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("WANDB_API_KEY", None)
+
+
+def tiny_recipe(output_dir: Path, **sections) -> dict:
+    """A small SFT recipe on the built-in model and task; `sections` deep-update it."""
+    recipe = {
+        "model": {"base_model_name": "fai-rl/tiny"},
+        "data": {
+            "datasets": [{"name": "fai-rl/arithmetic", "split": "train", "max_samples": 256}],
+            "eval_datasets": [{"name": "fai-rl/arithmetic", "split": "test", "max_samples": 64}],
+            "max_length": 64,
+            "loss_on": "completion",
+        },
+        "training": {
+            "algorithm": "sft",
+            "output_dir": str(output_dir),
+            "learning_rate": 3e-3,
+            "max_steps": 8,
+            "per_device_train_batch_size": 16,
+            "per_device_eval_batch_size": 64,
+            "logging_steps": 2,
+            "save_steps": 4,
+            "bf16": False,
+        },
+    }
+    for section, values in sections.items():
+        recipe.setdefault(section, {}).update(values)
+    return recipe
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """write_recipe(dict or text, name) -> path of a recipe file in tmp_path."""
+
+    def write(content, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        return path
+
+    return write
+
+
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """fai-rl-train as a real subprocess (what a user runs), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "fai_rl.cli.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
