@@ -50,6 +50,8 @@ def to_sft_example(row: dict, spec: DatasetSpec, kind: str, system_prompt: str |
         return SFTExample(text=text, kind="text")
     if kind == "completion":
         prompt, answer = row.get(spec.prompt_column), row.get(spec.answer_column)
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)  # numeric answers (GSM8K-style data) are text to the model
         for col, value in ((spec.prompt_column, prompt), (spec.answer_column, answer)):
             if not isinstance(value, str) or not value.strip():
                 return f"'{col}' must be non-empty text, got {_short(value)}"

@@ -66,7 +66,7 @@ def _read_file(path: Path, key: str) -> tuple[list[dict], list[str] | None]:
     if suffix in (".jsonl", ".json"):
         return _read_json(path, key)
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a leading BOM is not part of a column name
             reader = csv.DictReader(fh)
             rows, origins = [], []
             for row in reader:
@@ -81,7 +81,7 @@ def _read_file(path: Path, key: str) -> tuple[list[dict], list[str] | None]:
 
 
 def _read_json(path: Path, key: str) -> tuple[list[dict], list[str]]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one JSON array of objects
         try:
             data = json.loads(text)
@@ -92,7 +92,8 @@ def _read_json(path: Path, key: str) -> tuple[list[dict], list[str]]:
             raise DataError(f"{path}: item {bad[0]} is not an object; every example must be a JSON object.")
         return data, [f"{path}[{i}]" for i in range(len(data))]
     rows, origins, problems = [], [], []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): U+2028/U+2029/U+0085 may stand raw inside JSON strings and do not end a line
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

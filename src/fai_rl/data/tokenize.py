@@ -55,11 +55,16 @@ def render_with_loss_spans(messages: list[dict], tokenizer, loss_on: str) -> tup
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if loss_on in ("last_assistant", "completion"):
         turns = turns[-1:]
-    spans, cursor = [], 0
+    spans, cursor, done = [], 0, 0
     for i in turns:
-        span = _prefix_span(tokenizer, messages, i, full) or _search_span(tokenizer, messages[i]["content"], full, cursor)
+        span = _prefix_span(tokenizer, messages, i, full)
+        if span is None:
+            for m in messages[done:i]:  # search past the turns before the reply, so a copy of it in them is not hit
+                at = full.find(m["content"], cursor) if m["content"] else -1
+                cursor = at + len(m["content"]) if at >= 0 else cursor
+            span = _search_span(tokenizer, messages[i]["content"], full, cursor)
         spans.append(span)
-        cursor = span[1]
+        cursor, done = span[1], i + 1
     return full, spans
 
 
@@ -68,8 +73,10 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False
 
 
 def _prefix_span(tokenizer, messages: list[dict], i: int, full: str) -> tuple[int, int] | None:
+    if i == 0:  # nothing to render before a conversation's first turn (a prefix of "" would put its header in the loss)
+        return None
     try:
-        prefix = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        prefix = _render(tokenizer, messages[:i], add_generation_prompt=True)
         upto = full if i == len(messages) - 1 else _render(tokenizer, messages[: i + 1])
     except Exception:  # some templates refuse a conversation that does not end with a user turn
         return None

@@ -84,6 +84,13 @@ class MetricsCallback(TrainerCallback):
             print(f"step {state.global_step}/{state.max_steps}  {body}", flush=True)
 
 
+def peak_gpu_memory_gib() -> float | None:
+    """Peak GPU memory this process allocated (None on CPU)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
 @dataclass
 class ResumePoint:
     path: Path

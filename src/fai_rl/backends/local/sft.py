@@ -14,6 +14,7 @@ from fai_rl.backends.local.common import (
     MetricsCallback,
     ResumePoint,
     find_resume_point,
+    peak_gpu_memory_gib,
     quiet_progress_bars,
     save_final,
     trainer_arguments,
@@ -115,6 +116,7 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
         train_runtime_s=round(runtime, 2),
         train_tokens=int(tokens),
         tokens_per_s=round(tokens / runtime, 1) if runtime else None,
+        peak_gpu_memory_gib=peak_gpu_memory_gib(),
         final_dir=str(final),
     )
 

@@ -1,0 +1,34 @@
+"""Every shipped recipe loads and validates; the offline ones also pass --dry-run (data, template, launch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from fai_rl.backends import check_dispatch
+from fai_rl.cli.train import main
+from fai_rl.config import load_recipe
+
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_there_are_recipes_for_the_quickstart_and_real_models():
+    names = {p.relative_to(ROOT / "recipes").as_posix() for p in RECIPES}
+    assert "quickstart/sft.yaml" in names
+    assert {f"sft/{m}_{v}.yaml" for m in ("qwen3_0.6b", "llama3.2_1b") for v in ("full", "lora", "qlora")} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_recipe_validates(path: Path):
+    recipe = load_recipe(path, extra_rules=[check_dispatch])
+    assert recipe.training.output_dir and recipe.data.datasets
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "quickstart").glob("*.yaml")), ids=lambda p: p.name)
+def test_quickstart_recipe_dry_runs_offline(path: Path, tmp_path, capsys):
+    assert main(["--recipe", str(path), "--dry-run", f"training.output_dir={tmp_path / 'run'}"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe OK" in out and "[[" in out and "dry run: nothing trained." in out
+    assert not (tmp_path / "run").exists()
