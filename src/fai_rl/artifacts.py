@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from fai_rl.config.load import recipe_to_yaml
@@ -133,16 +130,3 @@ class RunDir:
         fig.savefig(out, dpi=100)
         plt.close(fig)
         return out
-
-    @contextmanager
-    def staging(self, name: str) -> Iterator[Path]:
-        """A temp dir that replaces output_dir/name only when the block succeeds (never a half-written final/)."""
-        tmp = self.path / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            yield tmp
-            shutil.rmtree(self.path / name, ignore_errors=True)
-            os.replace(tmp, self.path / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)

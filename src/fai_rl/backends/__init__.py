@@ -26,8 +26,8 @@ class AlgorithmModule(Protocol):
     def describe(self, recipe: Recipe, prepared: Any) -> str:
         """What --dry-run prints about the prepared data (rendered examples, token statistics)."""
 
-    def train(self, recipe: Recipe, prepared: Any, run: RunDir) -> dict:
-        """Train, writing the artefacts into `run`; returns the summary."""
+    def train(self, recipe: Recipe, prepared: Any, run: RunDir) -> dict | None:
+        """Train, writing the artefacts into `run`; returns the summary on the main process, None on the others."""
 
 
 def check_dispatch(recipe: Recipe) -> list[tuple[str, str]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,22 +129,34 @@ def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
     return ResumePoint(path=path, step=int(step))
 
 
-def save_final(model, tokenizer, recipe: Recipe, run: RunDir, global_step: int) -> Path:
-    """output_dir/final: a full HF model dir, or a PEFT adapter with fai_rl.json naming its base (written atomically)."""
-    with run.staging("final") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+def save_final(trainer, tokenizer, recipe: Recipe, run: RunDir) -> Path:
+    """output_dir/final: a full HF model dir, or a PEFT adapter with fai_rl.json naming its base.
+
+    Every process calls this (under ZeRO-3 `save_model` gathers the shards); the main process writes into a staging
+    dir and renames it into place, so final/ is never half-written.
+    """
+    staging = run.path / ".final.partial"
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if main:
+        tokenizer.save_pretrained(staging)
         note = {
             "base_model_name": recipe.model.base_model_name,
             "kind": "peft_adapter" if recipe.model.use_lora else "full_model",
             "algorithm": recipe.training.algorithm,
-            "global_step": global_step,
+            "global_step": trainer.state.global_step,
         }
         if recipe.model.use_lora:
-            adapter = json.loads((tmp / "adapter_config.json").read_text())
+            adapter = json.loads((staging / "adapter_config.json").read_text())
             note["base_model_path"] = adapter.get("base_model_name_or_path")
             note["load_with"] = "peft.AutoPeftModelForCausalLM.from_pretrained(final_dir)"
         else:
             note["load_with"] = "transformers.AutoModelForCausalLM.from_pretrained(final_dir)"
-        (tmp / "fai_rl.json").write_text(json.dumps(note, indent=2) + "\n")
+        (staging / "fai_rl.json").write_text(json.dumps(note, indent=2) + "\n")
+        shutil.rmtree(run.path / "final", ignore_errors=True)
+        os.replace(staging, run.path / "final")
+    trainer.accelerator.wait_for_everyone()
     return run.path / "final"

@@ -70,8 +70,8 @@ def _mark_loss(ids: list[int], labels: list[int], tokenizer) -> str:
     return "".join(out)
 
 
-def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
-    """Train with SFTTrainer, evaluate before and after, and write final/ and the summary."""
+def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict | None:
+    """Train with SFTTrainer, evaluate before and after, write final/; returns the summary (main process only)."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -105,7 +105,9 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
     last_eval_step = max((log["step"] for log in state.log_history if "eval_loss" in log), default=-1)
     if has_eval and last_eval_step != state.global_step:
         trainer.evaluate()  # logged through MetricsCallback like every other evaluation
-    final = save_final(trainer.model, prepared.tokenizer, recipe, run, state.global_step)
+    final = save_final(trainer, prepared.tokenizer, recipe, run)
+    if not trainer.is_world_process_zero():
+        return None
     runtime = result.metrics.get("train_runtime", 0.0)
     tokens = state.num_input_tokens_seen - (_tokens_at(resume) if resume else 0)
     return run.write_summary(
@@ -117,6 +119,7 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
         train_tokens=int(tokens),
         tokens_per_s=round(tokens / runtime, 1) if runtime else None,
         peak_gpu_memory_gib=peak_gpu_memory_gib(),
+        processes=trainer.accelerator.num_processes,
         final_dir=str(final),
     )
 
