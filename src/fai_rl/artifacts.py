@@ -23,6 +23,9 @@ from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
 
 RUN_MARKERS = ("recipe.resolved.yaml", "metrics.jsonl", "final")
+# counters and run totals that are not worth a curve
+_NOT_CURVES = {"epoch", "num_input_tokens_seen", "num_tokens", "eval_num_tokens", "total_flos"}
+_RATE_SUFFIXES = ("_runtime", "per_second")
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -99,27 +102,33 @@ class RunDir:
         return summary
 
     def plot_curves(self) -> Path | None:
-        """curves.png: each metric against step (skips run-level totals such as train_runtime)."""
+        """curves.png: one panel per metric against step, eval_X drawn on the same panel as X."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        series: dict[str, tuple[list[float], list[float]]] = {}
+        points: dict[str, tuple[list[float], list[float]]] = {}
         for row in self.read_metrics():
             for key, value in row.items():
-                if key != "step" and not key.startswith("train_") and not key.endswith(("_runtime", "per_second")):
-                    xs, ys = series.setdefault(key, ([], []))
-                    xs.append(row["step"])
-                    ys.append(value)
-        series = {k: v for k, v in series.items() if k not in ("epoch", "num_input_tokens_seen")}
+                if key == "step" or key in _NOT_CURVES or key.startswith("train_") or key.endswith(_RATE_SUFFIXES):
+                    continue
+                xs, ys = points.setdefault(key, ([], []))
+                xs.append(row["step"])
+                ys.append(value)
+        series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+        for key, xy in points.items():
+            series.setdefault(key.removeprefix("eval_"), {})["eval" if key.startswith("eval_") else "train"] = xy
         if not series:
             return None
         cols = min(3, len(series))
         rows = math.ceil(len(series) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-        for ax, (key, (xs, ys)) in zip(axes.flat, sorted(series.items()), strict=False):
-            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3)
+        for ax, (key, lines) in zip(axes.flat, sorted(series.items()), strict=False):
+            for label, (xs, ys) in sorted(lines.items(), reverse=True):  # train first, then eval
+                ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
+            if len(lines) > 1:
+                ax.legend()
             ax.set_title(key)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)

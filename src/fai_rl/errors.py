@@ -11,24 +11,28 @@ class FaiRLError(Exception):
     """Base of every error fai-rl reports to a user."""
 
 
-class RecipeError(FaiRLError):
-    """One or more problems in a recipe; `problems` holds one line per problem, each naming its dotted key."""
+class _ProblemList(FaiRLError):
+    """Several one-line problems reported together under a heading that counts them; `problems` holds the lines."""
+
+    heading = "{n} problem{s}:"
 
     def __init__(self, problems: list[str] | str):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         n = len(self.problems)
-        head = "the recipe has 1 error:" if n == 1 else f"the recipe has {n} errors:"
+        head = self.heading.format(n=n, s="" if n == 1 else "s")
         super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
 
 
-class DataError(FaiRLError):
-    """Data that cannot be trained on: a missing column, a bad row (named by file:line or split:index)."""
+class RecipeError(_ProblemList):
+    """Problems in a recipe, each naming its dotted key (and file:line where known), the value and the fix."""
 
-    def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        n = len(self.problems)
-        head = "the data has 1 problem:" if n == 1 else f"the data has {n} problems:"
-        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+    heading = "the recipe has {n} error{s}:"
+
+
+class DataError(_ProblemList):
+    """Data that cannot be trained on: a missing column, bad rows (named by file:line or name[split]:index)."""
+
+    heading = "the data has {n} problem{s}:"
 
 
 class BackendError(FaiRLError):

@@ -7,6 +7,7 @@ torch initialises CUDA.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fai_rl.config.schema import Recipe
-from fai_rl.errors import RecipeError
+from fai_rl.errors import BackendError, RecipeError
 
 LAUNCHED_ENV = "FAI_RL_LAUNCHED"  # set in processes started by `accelerate launch`, so they train instead of relaunching
 
@@ -80,6 +81,8 @@ def plan_launch(recipe: Recipe, num_gpus: int | None, child_argv: list[str]) -> 
 def accelerate_command(recipe: Recipe, num_gpus: int, child_argv: list[str]) -> list[str]:
     """`accelerate launch` of this CLI on num_gpus processes: DDP, or DeepSpeed when the recipe names a config."""
     t = recipe.training
+    if t.deepspeed_config and importlib.util.find_spec("deepspeed") is None:
+        raise BackendError("training.deepspeed_config: needs deepspeed; install it with pip install 'fai-rl[deepspeed]'.")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_gpus), "--num_machines", "1"]
     cmd += ["--mixed_precision", "no" if t.bf16 is False else "bf16"]
     if t.deepspeed_config:

@@ -22,7 +22,7 @@ from fai_rl.backends.local.common import (
 from fai_rl.config.schema import Recipe
 from fai_rl.data.prepare import SFTData, prepare_sft_data
 from fai_rl.data.tokenize import IGNORE, tokenize_sft
-from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config
+from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config
 
 
 @dataclass
@@ -35,6 +35,7 @@ class PreparedSFT:
 def prepare(recipe: Recipe, resume: str | None) -> PreparedSFT:
     """Tokenizer, checked and tokenised data, and the resume point; nothing is written."""
     resume_point = find_resume_point(recipe, resume)
+    quantization_config(recipe.model)  # a missing bitsandbytes is reported now, before output_dir is touched
     tokenizer = load_tokenizer(recipe.model)
     return PreparedSFT(tokenizer=tokenizer, data=prepare_sft_data(recipe, tokenizer), resume=resume_point)
 
