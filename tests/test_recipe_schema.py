@@ -173,8 +173,8 @@ def test_unavailable_backend_algorithm_pair_is_a_recipe_error(write_recipe):
         load_recipe(write_recipe(BASE), ["training.backend=tinker"], extra_rules=[check_dispatch])
     assert "training.algorithm: 'sft' on backend 'tinker' is not available" in info.value.problems[0]
     for backend, algorithm in TRAINERS:  # every table entry is a pair the schema allows
-        load_recipe(write_recipe(BASE), [f"training.backend={backend}", f"training.algorithm={algorithm}"],
-                    extra_rules=[check_dispatch])
+        load_recipe(write_recipe(BASE), [f"training.backend={backend}", f"training.algorithm={algorithm}",
+                                         "rewards[0].function=exact_match"], extra_rules=[check_dispatch])
 
 
 def test_secrets_are_redacted_from_the_resolved_recipe(write_recipe):
@@ -215,3 +215,50 @@ def test_resolved_recipe_round_trips(write_recipe, tmp_path):
     again = load_recipe(write_recipe(recipe_to_yaml(r), name="resolved.yaml"))
     assert again == r
     assert yaml.safe_load(recipe_to_yaml(r))["training"]["max_steps"] == 7
+
+
+RL = BASE.replace("algorithm: sft", "algorithm: grpo") + "rewards:\n  - function: exact_match\n"
+
+
+def test_gspo_is_grpo_with_the_papers_defaults_each_overridable(write_recipe):
+    path = write_recipe(RL)
+    grpo = load_recipe(path).training
+    assert (grpo.importance_sampling_level, grpo.loss_type, grpo.epsilon, grpo.beta) == ("token", "dapo", 0.2, 0.0)
+    gspo = load_recipe(path, ["training.algorithm=gspo"]).training
+    assert (gspo.importance_sampling_level, gspo.loss_type, gspo.beta) == ("sequence", "grpo", 0.0)
+    assert (gspo.epsilon, gspo.epsilon_high) == (3e-4, 4e-4)
+    tuned = load_recipe(path, ["training.algorithm=gspo", "training.epsilon=1e-3", "training.loss_type=dr_grpo"])
+    assert tuned.training.epsilon == 1e-3 and tuned.training.epsilon_high == 4e-4
+    assert tuned.training.loss_type == "dr_grpo"
+    assert "epsilon: 0.0003" in recipe_to_yaml(gspo_recipe := load_recipe(path, ["training.algorithm=gspo"]))
+    assert gspo_recipe.training.algorithm == "gspo"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["training.algorithm=gspo", "training.loss_type=dapo"], "training.loss_type: 'dapo' does not fit GSPO"),
+        (["training.algorithm=gspo", "training.importance_sampling_level=token"], "turns GSPO into GRPO"),
+        (["training.num_generations=3"], "training.num_generations: 3 does not divide the generation batch of 8"),
+        (["training.num_generations=1"], "must be at least 2"),
+        (["rewards=[]"], "rewards: is empty, but grpo learns from rewards"),
+        (["training.temperature=0"], "training.temperature: 0.0 must be greater than 0"),
+        (["data.eval_split_ratio=0.1", "training.per_device_eval_batch_size=12"], "not a multiple of"),
+        (["training.algorithm=dpo", "training.dpo_loss_type=[sigmoid, hinj]"],
+         "training.dpo_loss_type[1]: 'hinj' is not a DPO loss; did you mean 'hinge'?"),
+        (["training.algorithm=dpo", "training.dpo_loss_type=[sigmoid, sft]", "training.dpo_loss_weights=[1.0]"],
+         "has 1 weights for 2 losses"),
+        (["training.algorithm=dpo", "training.beta=0"], "must be greater than 0 for DPO"),
+        (["training.algorithm=ppo", "training.num_mini_batches=3"], "divide per_device_train_batch_size (8)"),
+        (["training.algorithm=ppo", "training.lam=1.5"], "training.lam: 1.5 must be in [0, 1]"),
+        (["training.algorithm=ppo", "rewards=[]"], "or set model.reward_model_name"),
+    ],
+)
+def test_rl_rules_name_key_value_and_fix(write_recipe, overrides, expected):
+    found = problems(write_recipe(RL), overrides)
+    assert any(expected in p for p in found), found
+
+
+def test_ppo_accepts_a_reward_model_instead_of_functions(write_recipe):
+    r = load_recipe(write_recipe(RL), ["training.algorithm=ppo", "rewards=[]", "model.reward_model_name=my/rm"])
+    assert r.model.reward_model_name == "my/rm" and r.rewards == []

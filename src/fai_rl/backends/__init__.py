@@ -14,6 +14,9 @@ from fai_rl.config.schema import Recipe
 
 TRAINERS: dict[tuple[str, str], str] = {
     ("local", "sft"): "fai_rl.backends.local.sft",
+    ("local", "dpo"): "fai_rl.backends.local.dpo",
+    ("local", "grpo"): "fai_rl.backends.local.grpo",
+    ("local", "gspo"): "fai_rl.backends.local.grpo",  # GSPO is GRPO with sequence-level ratios: one module
 }
 
 

@@ -115,11 +115,14 @@ def _train(recipe, resume: str | None, module) -> int:
 def format_summary(summary: dict, output_dir) -> str:
     """The end-of-run table: each headline metric before and after, then run-level numbers."""
     rows = [("metric", "first", "last", "change")]
-    for key in ("eval_loss", "loss", "reward", "eval_reward", "accuracy"):
+    from fai_rl.backends.local.common import HEADLINE_METRICS
+
+    for key in HEADLINE_METRICS:
         m = summary["metrics"].get(key)
         if m:
-            change = (m["last"] - m["first"]) / abs(m["first"]) * 100 if m["first"] else float("nan")
-            rows.append((key, f"{m['first']:.4f}", f"{m['last']:.4f}", f"{change:+.1f}%"))
+            diff = m["last"] - m["first"]
+            change = f"{diff / abs(m['first']) * 100:+.1f}%" if m["first"] else f"{diff:+.4f}"
+            rows.append((key, f"{m['first']:.4f}", f"{m['last']:.4f}", change))
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows)
     extra = (f"steps {summary.get('global_step')}  train time {summary.get('train_runtime_s')} s  "

@@ -20,7 +20,7 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fai_rl.config.schema import Recipe
+from fai_rl.config.schema import ALGORITHM_DEFAULTS, Recipe
 from fai_rl.errors import RecipeError
 
 COMMAND_LINE = "command line"
@@ -182,7 +182,8 @@ class _Ctx:
         while probe:  # a key inside a list item given by the file is reported at its nearest known line
             if probe in self.lines:
                 return f"{self.recipe_path}:{self.lines[probe]}"
-            probe = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
+            parent = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
+            probe = "" if parent == probe else parent  # a top-level key has no parent
         return self.recipe_path
 
     def add(self, dotted: str, message: str) -> None:
@@ -363,6 +364,9 @@ def load_recipe(
         raise RecipeError(
             f"{ctx.where(key)}: {key}: {getattr(e, 'msg', e)}; fix the value or the ${{...}} it uses."
         ) from None
+    for key, value in ALGORITHM_DEFAULTS.get(recipe.training.algorithm, {}).items():
+        if getattr(recipe.training, key) is None:  # null means "the algorithm's default": make it explicit
+            setattr(recipe.training, key, value)
     for key, msg in [*check_rules(recipe), *(p for rule in extra_rules for p in rule(recipe))]:
         if not any(key == k or key.startswith((k + ".", k + "[")) for k in ctx.reported):
             ctx.add(key, msg)

@@ -6,17 +6,26 @@ not touch the disk beyond a file's existence and never import torch: a recipe is
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from pathlib import Path
 
-from fai_rl.config.schema import Recipe
+from fai_rl.config.schema import DPO_LOSSES, Recipe
 
 Problem = tuple[str, str]
 
 
 def check_rules(recipe: Recipe) -> list[Problem]:
     """Every cross-field / range problem of a recipe."""
-    return [*_ranges(recipe), *_model_rules(recipe), *_data_rules(recipe), *_training_rules(recipe)]
+    return [
+        *_ranges(recipe),
+        *_model_rules(recipe),
+        *_data_rules(recipe),
+        *_training_rules(recipe),
+        *_dpo_rules(recipe),
+        *_grpo_rules(recipe),
+        *_ppo_rules(recipe),
+    ]
 
 
 def _ranges(r: Recipe) -> Iterator[Problem]:
@@ -114,3 +123,103 @@ def _training_rules(r: Recipe) -> Iterator[Problem]:
     if t.optim in ("adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit"):
         if t.backend == "tinker":
             yield "training.optim", f"'{t.optim}' has no meaning on the Tinker backend (it uses Adam); remove it."
+
+
+def _dpo_rules(r: Recipe) -> Iterator[Problem]:
+    t = r.training
+    if t.algorithm != "dpo":
+        return
+    for i, loss in enumerate(t.dpo_loss_type):
+        if loss not in DPO_LOSSES:
+            near = difflib.get_close_matches(loss, DPO_LOSSES, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else "use one of " + ", ".join(DPO_LOSSES) + "."
+            yield f"training.dpo_loss_type[{i}]", f"'{loss}' is not a DPO loss; {hint}"
+    if not t.dpo_loss_type:
+        yield "training.dpo_loss_type", "is empty; use [sigmoid] (the DPO paper's loss)."
+    if t.dpo_loss_weights is not None and len(t.dpo_loss_weights) != len(t.dpo_loss_type):
+        yield "training.dpo_loss_weights", (
+            f"has {len(t.dpo_loss_weights)} weights for {len(t.dpo_loss_type)} losses in training.dpo_loss_type; "
+            "give one weight per loss."
+        )
+    if not 0 <= t.label_smoothing < 0.5:
+        yield "training.label_smoothing", f"{t.label_smoothing} must be in [0, 0.5)."
+    if t.beta is not None and t.beta <= 0:
+        yield "training.beta", f"{t.beta} must be greater than 0 for DPO (it scales the implicit reward), e.g. 0.1."
+
+
+def _sampling_rules(r: Recipe) -> Iterator[Problem]:
+    t = r.training
+    if t.temperature <= 0:
+        yield "training.temperature", f"{t.temperature} must be greater than 0 (sampling needs it), e.g. 1.0."
+    if not 0 < t.top_p <= 1:
+        yield "training.top_p", f"{t.top_p} must be in (0, 1]."
+    if t.max_completion_length <= 0:
+        yield "training.max_completion_length", f"{t.max_completion_length} must be greater than 0, e.g. 256."
+    if not r.rewards and not (t.algorithm == "ppo" and r.model.reward_model_name):
+        yield "rewards", (
+            f"is empty, but {t.algorithm} learns from rewards; add e.g. rewards[0].function=exact_match"
+            + (" or set model.reward_model_name." if t.algorithm == "ppo" else ".")
+        )
+
+
+def _grpo_rules(r: Recipe) -> Iterator[Problem]:
+    t = r.training
+    if t.algorithm not in ("grpo", "gspo"):
+        return
+    yield from _sampling_rules(r)
+    if t.num_generations < 2:
+        yield "training.num_generations", f"{t.num_generations} must be at least 2: advantages compare a group."
+    else:
+        steps = t.steps_per_generation or t.gradient_accumulation_steps
+        batch = t.per_device_train_batch_size * steps
+        if batch % t.num_generations:
+            yield "training.num_generations", (
+                f"{t.num_generations} does not divide the generation batch of {batch} completions "
+                f"(per_device_train_batch_size {t.per_device_train_batch_size} x "
+                f"{'steps_per_generation' if t.steps_per_generation else 'gradient_accumulation_steps'} {steps}); "
+                "make the batch a multiple of num_generations."
+            )
+        has_eval = bool(r.data.eval_datasets) or r.data.eval_split_ratio > 0
+        if has_eval and t.per_device_eval_batch_size % t.num_generations:
+            yield "training.per_device_eval_batch_size", (
+                f"{t.per_device_eval_batch_size} is not a multiple of training.num_generations ({t.num_generations}); "
+                "evaluation samples whole groups too: use a multiple of it."
+            )
+    if t.epsilon is not None and t.epsilon <= 0:
+        yield "training.epsilon", f"{t.epsilon} must be greater than 0."
+    if t.beta is not None and t.beta < 0:
+        yield "training.beta", f"{t.beta} must be 0 (no reference model) or more."
+    if t.num_iterations < 1:
+        yield "training.num_iterations", f"{t.num_iterations} must be at least 1."
+    if t.algorithm == "gspo":
+        if t.importance_sampling_level == "token":
+            yield "training.importance_sampling_level", (
+                "'token' turns GSPO into GRPO; use training.algorithm=grpo, or leave it null (sequence)."
+            )
+        if t.loss_type not in (None, "grpo", "dr_grpo", "bnpo"):
+            yield "training.loss_type", (
+                f"'{t.loss_type}' does not fit GSPO's sequence-level ratios (it normalises per token or reweights "
+                "ratios); use grpo (GSPO's default), dr_grpo or bnpo."
+            )
+
+
+def _ppo_rules(r: Recipe) -> Iterator[Problem]:
+    t = r.training
+    if t.algorithm != "ppo":
+        return
+    yield from _sampling_rules(r)
+    for key in ("gamma", "lam"):
+        if not 0 <= getattr(t, key) <= 1:
+            yield f"training.{key}", f"{getattr(t, key)} must be in [0, 1]."
+    for key in ("cliprange", "cliprange_value", "vf_coef"):
+        if getattr(t, key) <= 0:
+            yield f"training.{key}", f"{getattr(t, key)} must be greater than 0."
+    if t.kl_coef < 0:
+        yield "training.kl_coef", f"{t.kl_coef} must be 0 or more."
+    if t.num_ppo_epochs < 1:
+        yield "training.num_ppo_epochs", f"{t.num_ppo_epochs} must be at least 1."
+    if t.num_mini_batches < 1 or t.per_device_train_batch_size % max(1, t.num_mini_batches):
+        yield "training.num_mini_batches", (
+            f"{t.num_mini_batches} must be at least 1 and divide per_device_train_batch_size "
+            f"({t.per_device_train_batch_size})."
+        )

@@ -28,6 +28,26 @@ LR_SCHEDULERS = (
     "cosine_warmup_with_min_lr",
     "warmup_stable_decay",
 )
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+# Per-algorithm defaults of the keys left null in TrainingConfig. load_recipe fills them in, so the resolved recipe
+# says what ran. GSPO is GRPO with sequence-level importance ratios and the paper's settings (Zheng et al., 2025).
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {},
+    "dpo": {"beta": 0.1},
+    "grpo": {"beta": 0.0, "epsilon": 0.2, "loss_type": "dapo", "importance_sampling_level": "token"},
+    "gspo": {
+        "beta": 0.0,
+        "epsilon": 3e-4,
+        "epsilon_high": 4e-4,
+        "loss_type": "grpo",
+        "importance_sampling_level": "sequence",
+    },
+    "ppo": {},
+}
 # A subset of transformers.OptimizerNames worth offering (checked against transformers by the same test).
 OPTIMIZERS = (
     "adamw_torch",
@@ -81,6 +101,12 @@ class ModelConfig:
         choices=(None, "eager", "sdpa", "flash_attention_2", "flash_attention_3"),
     )
     trust_remote_code: bool = _f(False, help="Allow model code from the hub repo to run (only for repos you trust).")
+    value_model_name: Optional[str] = _f(
+        None, help="PPO: a separate value (critic) model; null puts a value head on the policy's backbone."
+    )
+    reward_model_name: Optional[str] = _f(
+        None, help="PPO: a sequence-classification reward model, added to the `rewards` functions."
+    )
 
 
 @dataclass
@@ -163,6 +189,66 @@ class TrainingConfig:
     )
     deepspeed_config: Optional[str] = _f(
         None, help="Path to a DeepSpeed JSON config (used with --num-gpus > 1)."
+    )
+    # --- DPO (and the KL strength of GRPO, GSPO and PPO)
+    beta: Optional[float] = _f(
+        None,
+        help="KL strength: DPO's beta (default 0.1); GRPO/GSPO's KL coefficient to the reference (default 0: no "
+        "reference model). null takes the algorithm's default.",
+    )
+    dpo_loss_type: list[str] = _f(
+        ["sigmoid"], help="DPO loss, or several combined with dpo_loss_weights: " + ", ".join(DPO_LOSSES) + "."
+    )
+    dpo_loss_weights: Optional[list[float]] = _f(None, help="DPO: one weight per dpo_loss_type entry (null: all 1).")
+    label_smoothing: float = _f(0.0, help="DPO: probability that a preference label is flipped (robust/cDPO), in [0, 0.5).")
+    precompute_ref_log_probs: bool = _f(
+        False, help="DPO: compute the reference log-probs once before training (frees the reference during training)."
+    )
+    # --- sampling (GRPO, GSPO, PPO)
+    num_generations: int = _f(8, help="GRPO/GSPO: completions sampled per prompt (the group), at least 2.")
+    max_completion_length: int = _f(256, help="GRPO/GSPO/PPO: longest sampled completion, in tokens.")
+    temperature: float = _f(1.0, help="GRPO/GSPO/PPO: sampling temperature.")
+    top_p: float = _f(1.0, help="GRPO/GSPO/PPO: nucleus sampling mass, in (0, 1].")
+    # --- GRPO / GSPO
+    epsilon: Optional[float] = _f(None, help="GRPO/GSPO: lower clip of the importance ratio (grpo 0.2, gspo 3e-4).")
+    epsilon_high: Optional[float] = _f(
+        None, help="GRPO/GSPO: upper clip of the importance ratio (grpo: = epsilon, gspo 4e-4)."
+    )
+    loss_type: Optional[str] = _f(
+        None, help="GRPO/GSPO: loss normalisation (grpo default dapo, gspo default grpo).", choices=(None, *GRPO_LOSSES)
+    )
+    importance_sampling_level: Optional[str] = _f(
+        None, help="GRPO/GSPO: token or sequence importance ratios (grpo token, gspo sequence).",
+        choices=(None, "token", "sequence"),
+    )
+    scale_rewards: str = _f(
+        "group", help="GRPO/GSPO: divide advantages by the reward std of the group, the batch, or not at all.",
+        choices=("group", "batch", "none"),
+    )
+    num_iterations: int = _f(1, help="GRPO/GSPO: optimisation passes over each generated batch (mu).")
+    steps_per_generation: Optional[int] = _f(
+        None, help="GRPO/GSPO: optimizer steps per generation round (null: gradient_accumulation_steps)."
+    )
+    mask_truncated_completions: bool = _f(
+        False, help="GRPO/GSPO: leave completions cut at max_completion_length out of the loss."
+    )
+    use_vllm: bool = _f(False, help="GRPO/GSPO: generate with vLLM (needs vllm installed; not on CPU).")
+    vllm_mode: str = _f(
+        "colocate", help="vLLM placement: colocate (same GPUs) or server (a `trl vllm-serve` process).",
+        choices=("colocate", "server"),
+    )
+    # --- PPO
+    kl_coef: float = _f(0.05, help="PPO: coefficient of the per-token KL penalty to the reference policy.")
+    gamma: float = _f(1.0, help="PPO: discount factor, in [0, 1].")
+    lam: float = _f(0.95, help="PPO: GAE lambda, in [0, 1].")
+    cliprange: float = _f(0.2, help="PPO: clip range of the policy ratio.")
+    cliprange_value: float = _f(0.2, help="PPO: clip range of the value update.")
+    vf_coef: float = _f(0.1, help="PPO: weight of the value loss.")
+    num_ppo_epochs: int = _f(4, help="PPO: optimisation epochs over each batch of rollouts.")
+    num_mini_batches: int = _f(1, help="PPO: mini-batches each rollout batch is split into per epoch.")
+    whiten_advantages: bool = _f(True, help="PPO: normalise advantages to zero mean, unit variance per batch.")
+    missing_eos_penalty: Optional[float] = _f(
+        None, help="PPO: subtract this from the reward of completions that never emit EOS (null: no penalty)."
     )
 
 

@@ -46,7 +46,7 @@ def to_sft_example(row: dict, spec: DatasetSpec, kind: str, system_prompt: str |
     if kind == "text":
         text = row.get(spec.text_column)
         if not isinstance(text, str) or not text.strip():
-            return f"'{spec.text_column}' must be non-empty text, got {_short(text)}"
+            return f"'{spec.text_column}' must be non-empty text, got {short(text)}"
         return SFTExample(text=text, kind="text")
     if kind == "completion":
         prompt, answer = row.get(spec.prompt_column), row.get(spec.answer_column)
@@ -54,39 +54,39 @@ def to_sft_example(row: dict, spec: DatasetSpec, kind: str, system_prompt: str |
             answer = str(answer)  # numeric answers (GSM8K-style data) are text to the model
         for col, value in ((spec.prompt_column, prompt), (spec.answer_column, answer)):
             if not isinstance(value, str) or not value.strip():
-                return f"'{col}' must be non-empty text, got {_short(value)}"
+                return f"'{col}' must be non-empty text, got {short(value)}"
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        return SFTExample(messages=_with_system(messages, system_prompt), kind="completion")
+        return SFTExample(messages=with_system(messages, system_prompt), kind="completion")
     messages = row.get(spec.messages_column)
     problem = check_messages(messages, spec.messages_column)
     if problem:
         return problem
     clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return SFTExample(messages=_with_system(clean, system_prompt), kind="chat")
+    return SFTExample(messages=with_system(clean, system_prompt), kind="chat")
 
 
-def check_messages(messages: object, column: str) -> str | None:
+def check_messages(messages: object, column: str, need_assistant: bool = True) -> str | None:
     """Why a messages value is not a usable conversation (None when it is)."""
     if not isinstance(messages, list) or not messages:
-        return f"'{column}' must be a non-empty list of {{role, content}}, got {_short(messages)}"
+        return f"'{column}' must be a non-empty list of {{role, content}}, got {short(messages)}"
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            return f"{column}[{i}] must be an object with 'role' and 'content', got {_short(m)}"
+            return f"{column}[{i}] must be an object with 'role' and 'content', got {short(m)}"
         if m["role"] not in ROLES:
             return f"{column}[{i}].role is {m['role']!r}; use one of {', '.join(ROLES)}"
         if not isinstance(m["content"], str):
-            return f"{column}[{i}].content must be text, got {_short(m['content'])}"
-    if not any(m["role"] == "assistant" for m in messages):
+            return f"{column}[{i}].content must be text, got {short(m['content'])}"
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
         return f"'{column}' has no assistant turn, so there is nothing to learn; add one or drop the row"
     return None
 
 
-def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     if system_prompt and messages[0]["role"] != "system":
         return [{"role": "system", "content": system_prompt}, *messages]
     return messages
 
 
-def _short(value: object) -> str:
+def short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -77,20 +77,7 @@ def prepare_sft_data(recipe: Recipe, tokenizer) -> SFTData:
     if recipe.data.eval_datasets:
         eval_rows, eval_formats = load_sft_examples(recipe, "eval_datasets")
         formats.update(eval_formats)
-    if recipe.data.shuffle_seed is not None:
-        random.Random(recipe.data.shuffle_seed).shuffle(train_rows)
-    if recipe.data.eval_split_ratio > 0:
-        order = list(range(len(train_rows)))
-        random.Random(recipe.training.seed).shuffle(order)
-        n_eval = max(1, round(len(train_rows) * recipe.data.eval_split_ratio))
-        if n_eval >= len(train_rows):
-            raise DataError(
-                f"data.eval_split_ratio: {recipe.data.eval_split_ratio} of {len(train_rows)} rows leaves nothing "
-                "to train on; lower it or add data."
-            )
-        held = set(order[:n_eval])
-        eval_rows = [r for k, r in enumerate(train_rows) if k in held]
-        train_rows = [r for k, r in enumerate(train_rows) if k not in held]
+    train_rows, eval_rows = split_eval(train_rows, eval_rows, recipe)
     train, train_stats = _tokenize_all(train_rows, tokenizer, recipe)
     if not train:
         raise DataError(
@@ -98,6 +85,25 @@ def prepare_sft_data(recipe: Recipe, tokenizer) -> SFTData:
         )
     evaluation, eval_stats = _tokenize_all(eval_rows, tokenizer, recipe) if eval_rows else ([], None)
     return SFTData(train, evaluation, train_stats, eval_stats, formats, samples=train_rows[:2])
+
+
+def split_eval(train_rows: list, eval_rows: list, recipe: Recipe) -> tuple[list, list]:
+    """Shuffle the training rows (data.shuffle_seed) and hold out data.eval_split_ratio of them when asked."""
+    if recipe.data.shuffle_seed is not None:
+        train_rows = list(train_rows)
+        random.Random(recipe.data.shuffle_seed).shuffle(train_rows)
+    if recipe.data.eval_split_ratio <= 0:
+        return train_rows, eval_rows
+    order = list(range(len(train_rows)))
+    random.Random(recipe.training.seed).shuffle(order)
+    n_eval = max(1, round(len(train_rows) * recipe.data.eval_split_ratio))
+    if n_eval >= len(train_rows):
+        raise DataError(
+            f"data.eval_split_ratio: {recipe.data.eval_split_ratio} of {len(train_rows)} rows leaves nothing "
+            "to train on; lower it or add data."
+        )
+    held = set(order[:n_eval])
+    return [r for k, r in enumerate(train_rows) if k not in held], [r for k, r in enumerate(train_rows) if k in held]
 
 
 def _tokenize_all(rows: list[SFTExample], tokenizer, recipe: Recipe) -> tuple[list[Tokenized], LengthStats]:

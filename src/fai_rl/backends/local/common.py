@@ -61,6 +61,13 @@ def trainer_arguments(recipe: Recipe, has_eval: bool) -> dict:
     }
 
 
+# What the log lines and the end-of-run table show, when a run logs them.
+HEADLINE_METRICS = (
+    "eval_loss", "loss", "eval_reward", "reward", "eval_rewards/accuracies", "eval_rewards/margins",
+    "rewards/accuracies", "rewards/margins", "value_loss", "kl",
+)
+
+
 def quiet_progress_bars() -> None:
     """Per-shard and per-map progress bars flood logs (and --nohup files); our metrics lines say what matters."""
     import datasets
@@ -80,7 +87,7 @@ class MetricsCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         self.run.log_metrics(state.global_step, logs)
-        shown = {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "grad_norm")}
+        shown = {k: v for k, v in logs.items() if k in HEADLINE_METRICS or k in ("learning_rate", "grad_norm")}
         if shown:
             body = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
             print(f"step {state.global_step}/{state.max_steps}  {body}", flush=True)
@@ -160,3 +167,40 @@ def save_final(trainer, tokenizer, recipe: Recipe, run: RunDir) -> Path:
         os.replace(staging, run.path / "final")
     trainer.accelerator.wait_for_everyone()
     return run.path / "final"
+
+
+def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, run: RunDir, has_eval: bool):
+    """Train an HF/TRL trainer, evaluate at the end if the last step was not, save final/; summary on the main rank.
+
+    The trainer must have been built with MetricsCallback(run); it replaces HF's PrinterCallback, whose dict
+    dumps would say the same as the compact lines.
+    """
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    state = trainer.state
+    evaluated = [log["step"] for log in state.log_history if any(k.startswith("eval_") for k in log)]
+    if has_eval and max(evaluated, default=-1) != state.global_step:
+        trainer.evaluate()  # logged through MetricsCallback like every other evaluation
+    final = save_final(trainer, tokenizer, recipe, run)
+    if not trainer.is_world_process_zero():
+        return None
+    runtime = result.metrics.get("train_runtime", 0.0)
+    tokens = state.num_input_tokens_seen - (_tokens_seen(resume) if resume else 0)
+    return run.write_summary(
+        algorithm=recipe.training.algorithm,
+        backend=recipe.training.backend,
+        global_step=state.global_step,
+        resumed_from_step=resume.step if resume else None,
+        train_runtime_s=round(runtime, 2),
+        train_tokens=int(tokens),
+        tokens_per_s=round(tokens / runtime, 1) if runtime else None,
+        peak_gpu_memory_gib=peak_gpu_memory_gib(),
+        processes=trainer.accelerator.num_processes,
+        final_dir=str(final),
+    )
+
+
+def _tokens_seen(resume: ResumePoint) -> int:
+    return int(json.loads((resume.path / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0))

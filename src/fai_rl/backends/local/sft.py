@@ -14,9 +14,8 @@ from fai_rl.backends.local.common import (
     MetricsCallback,
     ResumePoint,
     find_resume_point,
-    peak_gpu_memory_gib,
     quiet_progress_bars,
-    save_final,
+    run_trainer,
     trainer_arguments,
 )
 from fai_rl.config.schema import Recipe
@@ -74,7 +73,6 @@ def _mark_loss(ids: list[int], labels: list[int], tokenizer) -> str:
 def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict | None:
     """Train with SFTTrainer, evaluate before and after, write final/; returns the summary (main process only)."""
     from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     quiet_progress_bars()
@@ -99,33 +97,4 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict | None:
         peft_config=lora_config(recipe.model),
         callbacks=[MetricsCallback(run)],
     )
-    trainer.remove_callback(PrinterCallback)  # MetricsCallback prints one compact line per log instead
-    resume = prepared.resume
-    result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
-    state = trainer.state
-    last_eval_step = max((log["step"] for log in state.log_history if "eval_loss" in log), default=-1)
-    if has_eval and last_eval_step != state.global_step:
-        trainer.evaluate()  # logged through MetricsCallback like every other evaluation
-    final = save_final(trainer, prepared.tokenizer, recipe, run)
-    if not trainer.is_world_process_zero():
-        return None
-    runtime = result.metrics.get("train_runtime", 0.0)
-    tokens = state.num_input_tokens_seen - (_tokens_at(resume) if resume else 0)
-    return run.write_summary(
-        algorithm=recipe.training.algorithm,
-        backend=recipe.training.backend,
-        global_step=state.global_step,
-        resumed_from_step=resume.step if resume else None,
-        train_runtime_s=round(runtime, 2),
-        train_tokens=int(tokens),
-        tokens_per_s=round(tokens / runtime, 1) if runtime else None,
-        peak_gpu_memory_gib=peak_gpu_memory_gib(),
-        processes=trainer.accelerator.num_processes,
-        final_dir=str(final),
-    )
-
-
-def _tokens_at(resume: ResumePoint) -> int:
-    import json
-
-    return int(json.loads((resume.path / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0))
+    return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)

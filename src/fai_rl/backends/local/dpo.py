@@ -1,0 +1,102 @@
+"""Direct Preference Optimization on the local backend, through TRL's DPOTrainer.
+
+DPO (Rafailov et al., 2023) trains the policy directly on preference pairs: the loss raises the log-ratio of the
+chosen over the rejected reply, each measured against a frozen reference, scaled by `beta`. `training.dpo_loss_type`
+picks the paper's sigmoid loss or a variant TRL offers (ipo, hinge, robust, ...), several at once with
+`dpo_loss_weights`. With LoRA the reference is the policy with its adapter disabled, so there is no second copy of
+the model; with a full fine-tune TRL keeps a frozen copy (`precompute_ref_log_probs` frees it after one pass).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from fai_rl.artifacts import RunDir
+from fai_rl.backends.local.common import (
+    MetricsCallback,
+    ResumePoint,
+    find_resume_point,
+    quiet_progress_bars,
+    run_trainer,
+    trainer_arguments,
+)
+from fai_rl.config.schema import Recipe
+from fai_rl.data.rl import load_preference_rows
+from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config
+
+
+@dataclass
+class PreparedDPO:
+    tokenizer: object
+    train: list[dict]
+    eval: list[dict]
+    resume: ResumePoint | None
+
+
+def prepare(recipe: Recipe, resume: str | None) -> PreparedDPO:
+    """Tokenizer, checked preference pairs and the resume point; nothing is written."""
+    resume_point = find_resume_point(recipe, resume)
+    quantization_config(recipe.model)
+    tokenizer = load_tokenizer(recipe.model)
+    train, evaluation = load_preference_rows(recipe)
+    return PreparedDPO(tokenizer, train, evaluation, resume_point)
+
+
+def describe(recipe: Recipe, prepared: PreparedDPO) -> str:
+    """Pair counts, lengths against data.max_length, and two pairs rendered through the chat template."""
+    tok, max_length = prepared.tokenizer, recipe.data.max_length
+    lengths = [len(_ids(tok, row["prompt"] + row[side])) for row in prepared.train for side in ("chosen", "rejected")]
+    t = recipe.training
+    lines = [
+        f"train: {len(prepared.train)} pairs; eval: {len(prepared.eval)} pairs",
+        f"prompt+reply tokens: min {min(lengths)} / median {statistics.median(lengths):.0f} / max {max(lengths)}; "
+        f"{sum(n > max_length for n in lengths)} longer than data.max_length={max_length} (truncated)",
+        f"loss: {' + '.join(t.dpo_loss_type)} with beta {t.beta}"
+        + (f", weights {t.dpo_loss_weights}" if t.dpo_loss_weights else "")
+        + f"; reference: {'the adapter-disabled policy' if recipe.model.use_lora else 'a frozen copy of the model'}",
+    ]
+    for n, row in enumerate(prepared.train[:2], start=1):
+        prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        lines += [
+            f"--- pair {n}",
+            "prompt:   " + prompt.replace("\n", "\\n"),
+            "chosen:   " + row["chosen"][0]["content"].replace("\n", "\\n"),
+            "rejected: " + row["rejected"][0]["content"].replace("\n", "\\n"),
+        ]
+    if prepared.resume is not None:
+        lines.append(f"resume: from {prepared.resume.path} (step {prepared.resume.step})")
+    return "\n".join(lines)
+
+
+def _ids(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+
+
+def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict | None:
+    """Train with DPOTrainer (held-out preference accuracy before and after); summary on the main process."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    quiet_progress_bars()
+    t = recipe.training
+    has_eval = bool(prepared.eval)
+    args = DPOConfig(
+        **trainer_arguments(recipe, has_eval),
+        beta=t.beta,
+        loss_type=list(t.dpo_loss_type),
+        loss_weights=list(t.dpo_loss_weights) if t.dpo_loss_weights else None,
+        label_smoothing=t.label_smoothing,
+        precompute_ref_log_probs=t.precompute_ref_log_probs,
+        max_length=recipe.data.max_length,
+    )
+    trainer = DPOTrainer(
+        model=load_causal_lm(recipe.model),
+        args=args,
+        train_dataset=Dataset.from_list(prepared.train),
+        eval_dataset=Dataset.from_list(prepared.eval) if has_eval else None,
+        processing_class=prepared.tokenizer,
+        peft_config=lora_config(recipe.model),
+        callbacks=[MetricsCallback(run)],
+    )
+    return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)

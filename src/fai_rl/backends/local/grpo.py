@@ -1,0 +1,130 @@
+"""GRPO and GSPO on the local backend, through TRL's GRPOTrainer.
+
+GRPO (Shao et al., 2024, DeepSeekMath): sample `num_generations` completions per prompt, score them with the recipe's
+reward functions, and use each completion's reward relative to its group as the advantage of a clipped policy-gradient
+objective; no value model. GSPO (Zheng et al., 2025, Group Sequence Policy Optimization) is the same loop with the
+importance ratio taken per sequence (length-normalised) instead of per token, and much tighter clipping. Here
+`training.algorithm: gspo` is this module with the paper's defaults filled in by the schema (ALGORITHM_DEFAULTS:
+importance_sampling_level sequence, loss_type grpo, beta 0, epsilon 3e-4 / 4e-4), each overridable: one code path.
+
+Departures from the papers are TRL's: "dapo" token-level loss normalisation by default for GRPO, and no KL term unless
+`training.beta` > 0 (then the reference is the adapter-disabled policy under LoRA, a frozen copy otherwise).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from fai_rl.artifacts import RunDir
+from fai_rl.backends.local.common import (
+    MetricsCallback,
+    ResumePoint,
+    find_resume_point,
+    quiet_progress_bars,
+    run_trainer,
+    trainer_arguments,
+)
+from fai_rl.config.schema import Recipe
+from fai_rl.data.rl import load_prompt_rows
+from fai_rl.errors import BackendError
+from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config
+from fai_rl.rewards import build_rewards, preview_rewards
+
+
+@dataclass
+class PreparedGRPO:
+    tokenizer: object
+    train: list[dict]
+    eval: list[dict]
+    rewards: list
+    resume: ResumePoint | None
+
+
+def prepare(recipe: Recipe, resume: str | None) -> PreparedGRPO:
+    """Tokenizer, prompt rows, reward functions and the resume point; nothing is written."""
+    if recipe.training.use_vllm:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise BackendError("training.use_vllm: true but vllm is not installed; pip install vllm, or set it false.")
+    resume_point = find_resume_point(recipe, resume)
+    quantization_config(recipe.model)
+    tokenizer = load_tokenizer(recipe.model)
+    train, evaluation = load_prompt_rows(recipe)
+    return PreparedGRPO(tokenizer, train, evaluation, build_rewards(recipe), resume_point)
+
+
+def describe(recipe: Recipe, prepared: PreparedGRPO) -> str:
+    """Prompt counts and lengths, two prompts as the model will see them, and the rewards on a few rows."""
+    tok = prepared.tokenizer
+    lengths = [len(_render(tok, row["prompt"])) for row in prepared.train]
+    lines = [
+        f"train: {len(prepared.train)} prompts; eval: {len(prepared.eval)} prompts",
+        f"prompt tokens: min {min(lengths)} / median {statistics.median(lengths):.0f} / max {max(lengths)}; "
+        f"completions up to {recipe.training.max_completion_length} tokens, {recipe.training.num_generations} "
+        "per prompt",
+        f"objective: {_objective(recipe)}",
+    ]
+    for n, row in enumerate(prepared.train[:2], start=1):
+        text = tok.decode(_render(tok, row["prompt"])).replace("\n", "\\n")
+        extra = {k: v for k, v in row.items() if k != "prompt"}
+        lines += [f"--- prompt {n} (columns for rewards: {extra})", text]
+    lines += ["rewards on the first rows (completion = the row's answer):", preview_rewards(prepared.rewards, prepared.train)]
+    if prepared.resume is not None:
+        lines.append(f"resume: from {prepared.resume.path} (step {prepared.resume.step})")
+    return "\n".join(lines)
+
+
+def _render(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+
+def _objective(recipe: Recipe) -> str:
+    t = recipe.training
+    high = t.epsilon_high if t.epsilon_high is not None else t.epsilon
+    return (
+        f"{t.algorithm}: {t.importance_sampling_level}-level ratios clipped to [1-{t.epsilon}, 1+{high}], "
+        f"loss_type {t.loss_type}, advantages scaled by {t.scale_rewards} std, KL beta {t.beta}"
+    )
+
+
+def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir) -> dict | None:
+    """Train with GRPOTrainer (evaluating held-out reward before and after); summary on the main process."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    quiet_progress_bars()
+    t = recipe.training
+    has_eval = bool(prepared.eval)
+    print(f"objective: {_objective(recipe)}", flush=True)
+    args = GRPOConfig(
+        **trainer_arguments(recipe, has_eval),
+        num_generations=t.num_generations,
+        max_completion_length=t.max_completion_length,
+        temperature=t.temperature,
+        top_p=t.top_p,
+        beta=t.beta,
+        epsilon=t.epsilon,
+        epsilon_high=t.epsilon_high,
+        loss_type=t.loss_type,
+        importance_sampling_level=t.importance_sampling_level,
+        scale_rewards=t.scale_rewards,
+        num_iterations=t.num_iterations,
+        steps_per_generation=t.steps_per_generation,
+        mask_truncated_completions=t.mask_truncated_completions,
+        use_vllm=t.use_vllm,
+        vllm_mode=t.vllm_mode,
+        reward_weights=[fn.weight for fn in prepared.rewards],
+    )
+    trainer = GRPOTrainer(
+        model=load_causal_lm(recipe.model),
+        reward_funcs=prepared.rewards,
+        args=args,
+        train_dataset=Dataset.from_list(prepared.train),
+        eval_dataset=Dataset.from_list(prepared.eval) if has_eval else None,
+        processing_class=prepared.tokenizer,
+        peft_config=lora_config(recipe.model),
+        callbacks=[MetricsCallback(run)],
+    )
+    return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)
