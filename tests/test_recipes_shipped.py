@@ -10,6 +10,7 @@ from conftest import ROOT
 from fai_rl.backends import check_dispatch
 from fai_rl.cli.train import main
 from fai_rl.config import load_recipe
+from fai_rl.rewards import check_rewards
 
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
@@ -22,7 +23,7 @@ def test_there_are_recipes_for_the_quickstart_and_real_models():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
 def test_recipe_validates(path: Path):
-    recipe = load_recipe(path, extra_rules=[check_dispatch])
+    recipe = load_recipe(path, extra_rules=[check_dispatch, check_rewards])
     assert recipe.training.output_dir and recipe.data.datasets
 
 

@@ -63,8 +63,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from fai_rl.artifacts import check_output_dir
     from fai_rl.backends import algorithm_module, check_dispatch
     from fai_rl.config import load_recipe, recipe_to_yaml
+    from fai_rl.rewards import check_rewards
 
-    recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch])
+    recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards])
     check_output_dir(recipe, resuming=args.resume is not None)
     child_argv = [a for a in argv if a != "--nohup"]
     launched = os.environ.get(LAUNCHED_ENV) == "1"
@@ -121,7 +122,7 @@ def format_summary(summary: dict, output_dir) -> str:
         m = summary["metrics"].get(key)
         if m:
             diff = m["last"] - m["first"]
-            change = f"{diff / abs(m['first']) * 100:+.1f}%" if m["first"] else f"{diff:+.4f}"
+            change = f"{diff / abs(m['first']) * 100:+.1f}%" if abs(m["first"]) > 1e-3 else f"{diff:+.4f}"
             rows.append((key, f"{m['first']:.4f}", f"{m['last']:.4f}", change))
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows)

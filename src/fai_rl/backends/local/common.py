@@ -25,7 +25,7 @@ _CHECKPOINTING_ARG = (
 RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
-def trainer_arguments(recipe: Recipe, has_eval: bool) -> dict:
+def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool = True) -> dict:
     """The recipe's `training:` keys as transformers/TRL TrainingArguments keyword arguments: the one mapping."""
     t = recipe.training
     return {
@@ -55,7 +55,7 @@ def trainer_arguments(recipe: Recipe, has_eval: bool) -> dict:
         "eval_on_start": has_eval,  # the "before" number every run's summary compares against
         "deepspeed": t.deepspeed_config,
         "report_to": ["wandb"] if recipe.wandb.enabled else "none",
-        "include_num_input_tokens_seen": "non_padding",
+        "include_num_input_tokens_seen": "non_padding" if count_input_tokens else "no",
         "dataloader_pin_memory": accelerator() == "cuda",
         "disable_tqdm": True,  # metrics.jsonl and the log lines below say the same, one line per logging step
     }
@@ -188,6 +188,8 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
         return None
     runtime = result.metrics.get("train_runtime", 0.0)
     tokens = state.num_input_tokens_seen - (_tokens_seen(resume) if resume else 0)
+    if not tokens:  # trainers that count tokens themselves (GRPO's num_tokens: prompts + completions)
+        tokens = max((log.get("num_tokens", 0) for log in state.log_history), default=0)
     return run.write_summary(
         algorithm=recipe.training.algorithm,
         backend=recipe.training.backend,

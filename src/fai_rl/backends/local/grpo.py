@@ -70,7 +70,7 @@ def describe(recipe: Recipe, prepared: PreparedGRPO) -> str:
         text = tok.decode(_render(tok, row["prompt"])).replace("\n", "\\n")
         extra = {k: v for k, v in row.items() if k != "prompt"}
         lines += [f"--- prompt {n} (columns for rewards: {extra})", text]
-    lines += ["rewards on the first rows (completion = the row's answer):", preview_rewards(prepared.rewards, prepared.train)]
+    lines.append(preview_rewards(prepared.rewards, prepared.train))
     if prepared.resume is not None:
         lines.append(f"resume: from {prepared.resume.path} (step {prepared.resume.step})")
     return "\n".join(lines)
@@ -99,7 +99,7 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir) -> dict | None:
     has_eval = bool(prepared.eval)
     print(f"objective: {_objective(recipe)}", flush=True)
     args = GRPOConfig(
-        **trainer_arguments(recipe, has_eval),
+        **trainer_arguments(recipe, has_eval, count_input_tokens=False),  # TRL logs num_tokens itself
         num_generations=t.num_generations,
         max_completion_length=t.max_completion_length,
         temperature=t.temperature,
