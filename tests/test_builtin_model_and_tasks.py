@@ -175,3 +175,182 @@ def test_task_errors_name_alternatives():
         load_builtin_task(ARITH, "validation")
     with pytest.raises(DataError, match="fai-rl/arithmetic"):
         load_builtin_task("fai-rl/geometry", "train")
+
+
+# ---------------------------------------------------------------- fai-rl/digits, fai-rl/digits-pairs, fai-rl/countdown
+
+DIGITS, PAIRS, COUNTDOWN = "fai-rl/digits", "fai-rl/digits-pairs", "fai-rl/countdown"
+
+
+def _digits_problem(prompt: str) -> tuple[int, str, int]:
+    a, op, b = prompt.removeprefix("What is ").removesuffix("?").split(" ")
+    return int(a), op, int(b)
+
+
+def test_digits_task_deterministic_disjoint_and_correct():
+    assert is_builtin_task(DIGITS)
+    train, test = load_builtin_task(DIGITS, "train"), load_builtin_task(DIGITS, "test")
+    assert (len(train), len(test)) == (115, 40)
+    assert train == load_builtin_task(DIGITS, "train") and test == load_builtin_task(DIGITS, "test")
+    prompts = [r["prompt"] for r in train + test]
+    assert len(set(prompts)) == 155  # every single-digit problem exactly once: 100 additions, 55 subtractions
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    for row in train + test:
+        assert set(row) == {"prompt", "answer"}
+        a, op, b = _digits_problem(row["prompt"])
+        assert 0 <= a <= 9 and 0 <= b <= 9 and op in "+-"
+        assert row["answer"] == str(a + b if op == "+" else a - b) and 0 <= int(row["answer"]) <= 18
+    assert {_digits_problem(r["prompt"])[1] for r in test} == {"+", "-"}
+
+
+def test_digits_pairs_well_formed_and_aligned_with_digits():
+    from fai_rl.data.tasks import near_misses
+
+    for split in ("train", "test"):
+        pairs, digits = load_builtin_task(PAIRS, split), load_builtin_task(DIGITS, split)
+        assert pairs == load_builtin_task(PAIRS, split)
+        assert [(p["prompt"], p["answer"]) for p in pairs] == [(d["prompt"], d["answer"]) for d in digits]
+        for p in pairs:
+            assert set(p) == {"prompt", "chosen", "rejected", "answer"}
+            assert all(isinstance(p[k], str) for k in p)
+            assert p["chosen"] == p["answer"] != p["rejected"]
+            assert int(p["rejected"]) in near_misses(int(p["answer"])) and int(p["rejected"]) >= 0
+    # Near misses keep the tens digit and move the units digit by 1 or 2.
+    assert near_misses(0) == [1, 2] and near_misses(9) == [7, 8] and near_misses(13) == [11, 12, 14, 15]
+    # The rejected answers are not all the same offset.
+    offsets = {int(p["rejected"]) - int(p["chosen"]) for p in load_builtin_task(PAIRS, "train")}
+    assert offsets == {-2, -1, 1, 2}
+
+
+def _countdown_values(numbers: list[int]) -> set:
+    """Every value reachable with + - * / using each number at most once (exact fractions, no division by 0)."""
+    from fractions import Fraction
+
+    def combine(items):
+        reach = {v for v in items}
+        if len(items) < 2:
+            return reach
+        for i in range(len(items)):
+            for j in range(len(items)):
+                if i == j:
+                    continue
+                x, y = items[i], items[j]
+                rest = [items[k] for k in range(len(items)) if k not in (i, j)]
+                for value in {x + y, x - y, x * y} | ({x / y} if y != 0 else set()):
+                    reach |= combine([*rest, value])
+        return reach
+
+    from itertools import combinations
+
+    values = set()
+    for size in range(1, len(numbers) + 1):
+        for subset in combinations([Fraction(n) for n in numbers], size):
+            values |= combine(list(subset))
+    return values
+
+
+def _eval_expression(text: str) -> tuple[object, list[int]]:
+    """Value of an arithmetic expression of integers, + - * / and parentheses (exact), and the integers it uses."""
+    import ast
+    import operator
+    from fractions import Fraction
+
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+    used: list[int] = []
+
+    def ev(node):
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            used.append(node.value)
+            return Fraction(node.value)
+        raise AssertionError(f"unexpected syntax in {text!r}")
+
+    return ev(ast.parse(text, mode="eval").body), used
+
+
+def test_countdown_task_deterministic_disjoint_and_solvable():
+    assert is_builtin_task(COUNTDOWN)
+    train, test = load_builtin_task(COUNTDOWN, "train"), load_builtin_task(COUNTDOWN, "test")
+    assert (len(train), len(test)) == (2000, 200)
+    assert test == load_builtin_task(COUNTDOWN, "test") and train[:50] == load_builtin_task(COUNTDOWN, "train")[:50]
+    keys = [(tuple(sorted(r["numbers"])), r["target"]) for r in train + test]
+    assert len(set(keys)) == len(keys)  # no instance twice, so train and test are disjoint
+    assert {len(r["numbers"]) for r in train} == {3, 4}
+    for row in train + test:
+        assert set(row) == {"prompt", "numbers", "target", "answer"}
+        numbers, target = row["numbers"], row["target"]
+        assert isinstance(target, int) and 1 <= target <= 100 and target not in numbers
+        assert all(isinstance(n, int) and 1 <= n <= 25 for n in numbers)
+        assert ", ".join(map(str, numbers)) in row["prompt"] and f"equals {target}." in row["prompt"]
+        # The reference answer reaches the target and uses the given numbers (here: each exactly once).
+        value, used = _eval_expression(row["answer"])
+        assert value == target and sorted(used) == sorted(numbers), row
+    # An independent brute-force solver agrees that the instances are solvable.
+    for row in test[:60] + train[:40]:
+        assert row["target"] in _countdown_values(row["numbers"]), row
+
+
+def test_new_task_errors_name_alternatives():
+    for name in (DIGITS, PAIRS, COUNTDOWN):
+        with pytest.raises(DataError, match="train, test"):
+            load_builtin_task(name, "validation")
+    with pytest.raises(DataError, match="fai-rl/countdown"):
+        load_builtin_task("fai-rl/sudoku", "train")
+
+
+# ---------------------------------------------------------------- fai-rl/tiny-sft
+
+
+@pytest.fixture(scope="module")
+def tiny_sft_dir(tiny_dir) -> Path:
+    # Same FAI_RL_HOME as tiny_dir, so the base model is reused rather than rebuilt.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAI_RL_HOME", str(tiny_dir.parent.parent))
+        return materialize_builtin_model("fai-rl/tiny-sft")
+
+
+def test_tiny_sft_registered_and_cached(tiny_sft_dir, tiny_dir):
+    import torch
+
+    assert is_builtin_model("fai-rl/tiny-sft") and "digits" in BUILTIN_MODELS["fai-rl/tiny-sft"]
+    assert tiny_sft_dir.name.startswith("tiny-sft-") and tiny_sft_dir.parent == tiny_dir.parent
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (tiny_sft_dir / name).is_file()
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the base tokenizer, byte for byte
+        assert (tiny_sft_dir / name).read_bytes() == (tiny_dir / name).read_bytes()
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    mtime = (tiny_sft_dir / "model.safetensors").stat().st_mtime_ns
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAI_RL_HOME", str(tiny_dir.parent.parent))
+        assert materialize_builtin_model("fai-rl/tiny-sft") == tiny_sft_dir  # reused, not rebuilt
+    assert (tiny_sft_dir / "model.safetensors").stat().st_mtime_ns == mtime
+    assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
+    assert not [p for p in tiny_sft_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_tiny_sft_answers_held_out_digits_in_format(tiny_sft_dir):
+    import re
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_sft_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_sft_dir, padding_side="left")
+    assert type(model).__name__ == "Qwen3ForCausalLM" and model.config.eos_token_id == tokenizer.eos_token_id
+    test = load_builtin_task(DIGITS, "test")
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True)
+        for r in test
+    ]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=False, max_new_tokens=6)
+    completions = out[:, batch["input_ids"].shape[1] :]
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    # Right format on every held-out prompt: one number, then <|im_end|>.
+    assert all(re.fullmatch(r"\d{1,2}", t) for t in texts), texts
+    assert all(tokenizer.eos_token_id in row.tolist() for row in completions)
+    # Mostly right greedily on problems it never saw (about 3/4 here; RL starts from this).
+    correct = sum(t == r["answer"] for t, r in zip(texts, test))
+    assert correct >= len(test) // 2, texts

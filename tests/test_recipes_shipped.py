@@ -31,5 +31,10 @@ def test_recipe_validates(path: Path):
 def test_quickstart_recipe_dry_runs_offline(path: Path, tmp_path, capsys):
     assert main(["--recipe", str(path), "--dry-run", f"training.output_dir={tmp_path / 'run'}"]) == 0
     out = capsys.readouterr().out
-    assert "recipe OK" in out and "[[" in out and "dry run: nothing trained." in out
+    assert "recipe OK" in out and "dry run: nothing trained." in out
+    algorithm = load_recipe(path).training.algorithm
+    shown = {"sft": "[[", "dpo": "--- pair 1", "grpo": "--- prompt 1", "gspo": "--- prompt 1", "ppo": "prompt"}
+    assert shown[algorithm] in out  # the examples as the algorithm will see them
+    if algorithm in ("grpo", "gspo", "ppo"):
+        assert "exact_match" in out  # the rewards scored on a few rows
     assert not (tmp_path / "run").exists()

@@ -17,6 +17,7 @@ TRAINERS: dict[tuple[str, str], str] = {
     ("local", "dpo"): "fai_rl.backends.local.dpo",
     ("local", "grpo"): "fai_rl.backends.local.grpo",
     ("local", "gspo"): "fai_rl.backends.local.grpo",  # GSPO is GRPO with sequence-level ratios: one module
+    ("local", "ppo"): "fai_rl.backends.local.ppo",
 }
 
 

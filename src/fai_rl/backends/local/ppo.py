@@ -17,12 +17,14 @@ How this departs from them:
 - With LoRA the reference is the same network with the adapter switched off, not a second copy.
 - One completion per prompt per step; the learning-rate schedule steps once per PPO step (so warmup_steps and
   max_steps count the same steps), while each step makes num_ppo_epochs x num_mini_batches optimizer updates.
+- Several processes run as DDP through accelerate (each samples its own prompts); DeepSpeed is not wired yet.
 
 Tensor names carry their shapes: b = batch, s = prompt + completion positions, t = completion positions, v = vocab.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -40,7 +42,15 @@ from fai_rl.artifacts import RunDir, checkpoints
 from fai_rl.backends.local.common import ResumePoint, find_resume_point, peak_gpu_memory_gib, save_final
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
-from fai_rl.models.load import accelerator, load_causal_lm, load_tokenizer, lora_config, resolve_model_path, torch_dtype, use_bf16
+from fai_rl.models.load import (
+    accelerator,
+    load_causal_lm,
+    load_tokenizer,
+    lora_config,
+    resolve_model_path,
+    torch_dtype,
+    use_bf16,
+)
 
 # --------------------------------------------------------------------------------------------------------------------
 # The maths: small pure functions on tensors. Masks are 1.0 on real completion tokens, 0.0 on padding after EOS.
@@ -124,7 +134,7 @@ def value_loss(
     mask_bt: torch.Tensor,
     cliprange_value: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped value loss 0.5 * mean(max((V - R)^2, (V_clipped - R)^2)), V_clipped within cliprange_value of the old V."""
+    """0.5 * mean(max((V - R)^2, (V_clip - R)^2)), V_clip kept within cliprange_value of the old V; and clipfrac."""
     clipped_bt = old_values_bt + torch.clamp(new_values_bt - old_values_bt, -cliprange_value, cliprange_value)
     unclipped_err_bt = (new_values_bt - returns_bt) ** 2
     clipped_err_bt = (clipped_bt - returns_bt) ** 2
@@ -133,8 +143,20 @@ def value_loss(
     return loss, clipfrac.detach()
 
 
+def explained_variance(values_bt: torch.Tensor, returns_bt: torch.Tensor, mask_bt: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns): how much of the returns the critic predicts (1 best, <= 0 useless).
+
+    The value loss alone also tracks how noisy the returns are (with 0/1 rewards it grows with p(1 - p) as the
+    reward rises), so this is the number that says whether the critic is learning.
+    """
+    def var(x_bt):
+        return masked_mean((x_bt - masked_mean(x_bt, mask_bt)) ** 2, mask_bt)
+
+    return 1 - var(returns_bt - values_bt) / var(returns_bt).clamp(min=1e-8)
+
+
 def token_logprobs(logits_btv: torch.Tensor, tokens_bt: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log p(token) under softmax(logits / temperature), without materialising a second B x T x V tensor."""
+    """log p(token) under softmax(logits / temperature), as the picked logit minus logsumexp (no log-softmax kept)."""
     logits_btv = logits_btv.float() / temperature
     picked_bt = logits_btv.gather(-1, tokens_bt.unsqueeze(-1)).squeeze(-1)
     return picked_bt - torch.logsumexp(logits_btv, dim=-1)
@@ -205,19 +227,18 @@ def build_models(recipe: Recipe, start: Path | None) -> tuple[PolicyAndCritic, n
     from transformers import AutoModel
 
     m = recipe.model
-    base = load_causal_lm(m)
-    reference = None
     if m.use_lora:
         from peft import PeftModel, get_peft_model
 
+        base = load_causal_lm(m)
         if start is None:
             policy = get_peft_model(base, lora_config(m))
         else:
             policy = PeftModel.from_pretrained(base, start, is_trainable=True)
+        reference = None
     else:
-        policy = base if start is None else load_causal_lm(replace(m, base_model_name=str(start)))
-        reference = base if start is not None else load_causal_lm(m)
-        reference.requires_grad_(False).eval()
+        policy = load_causal_lm(m if start is None else replace(m, base_model_name=str(start)))
+        reference = load_causal_lm(m).requires_grad_(False).eval()
     if recipe.training.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     value_backbone = None
@@ -269,18 +290,29 @@ def prepare(recipe: Recipe, resume: str | None) -> PreparedPPO:
     """Tokenizer, prompt rows and reward functions, and the resume point; nothing is written."""
     from fai_rl.data.rl import load_prompt_rows
 
-    t = recipe.training
-    if t.optim not in ("adamw_torch", "adamw_torch_fused"):
-        raise RecipeError(f"training.optim: '{t.optim}' is not offered by local PPO, which uses torch AdamW; "
-                          "set training.optim=adamw_torch.")
-    if t.gradient_accumulation_steps != 1:
-        raise RecipeError(f"training.gradient_accumulation_steps: {t.gradient_accumulation_steps} has no meaning for "
-                          "PPO (each step makes num_ppo_epochs x num_mini_batches updates); set it to 1 and use "
-                          "training.num_mini_batches.")
+    problems = unsupported_keys(recipe)
+    if problems:
+        raise RecipeError(problems)
     resume_point = find_resume_point(recipe, resume)
     tokenizer = load_tokenizer(recipe.model)
     train_rows, eval_rows = load_prompt_rows(recipe)
     return PreparedPPO(tokenizer, train_rows, eval_rows, reward_functions(recipe), resume_point)
+
+
+def unsupported_keys(recipe: Recipe) -> list[str]:
+    """Training keys this PPO cannot honour (a candidate for config.rules._ppo_rules)."""
+    t, problems = recipe.training, []
+    if t.optim not in ("adamw_torch", "adamw_torch_fused"):
+        problems.append(f"training.optim: '{t.optim}' is not offered by local PPO, which uses torch AdamW; "
+                        "set training.optim=adamw_torch.")
+    if t.gradient_accumulation_steps != 1:
+        problems.append(f"training.gradient_accumulation_steps: {t.gradient_accumulation_steps} has no meaning for "
+                        "PPO (each step makes num_ppo_epochs x num_mini_batches updates); set it to 1 and use "
+                        "training.num_mini_batches.")
+    if t.deepspeed_config is not None:
+        problems.append("training.deepspeed_config: local PPO runs under plain DDP (accelerate) and does not gather "
+                        "ZeRO shards for its checkpoints yet; remove it (LoRA or a smaller critic save memory).")
+    return problems
 
 
 def describe(recipe: Recipe, prepared: PreparedPPO) -> str:
@@ -452,6 +484,7 @@ class PPORun:
             "completion_length": mask_bt.sum(-1).mean().item(),
             "eos_fraction": has_eos_b.float().mean().item(),
             "value_mean": masked_mean(values_bt, mask_bt).item(),
+            "explained_variance": explained_variance(values_bt, returns_bt, mask_bt).item(),
         }
         return Rollout(input_ids_bs, attention_mask_bs, mask_bt, logprobs_bt, values_bt, advantages_bt, returns_bt,
                        stats)
@@ -623,13 +656,15 @@ def step_rows(rows: list[dict], step: int, batch: int, seed: int, rank: int, wor
     """This process's prompts for PPO step `step` (from 1): consecutive slices of a fresh seeded shuffle per epoch,
     so the data position after a resume follows from the step alone."""
     first = ((step - 1) * world + rank) * batch
-    out = []
-    for i in range(first, first + batch):
-        epoch, pos = divmod(i, len(rows))
-        order = list(range(len(rows)))
-        random.Random(seed + epoch).shuffle(order)
-        out.append(rows[order[pos]])
-    return out
+    positions = [divmod(i, len(rows)) for i in range(first, first + batch)]
+    return [rows[_epoch_order(len(rows), seed + epoch)[pos]] for epoch, pos in positions]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def _eos_ids(tokenizer, policy) -> list[int]:
