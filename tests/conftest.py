@@ -7,8 +7,10 @@ is materialised once into the fai-rl cache (FAI_RL_HOME) and shared by every tes
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,20 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subproce
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def kill_after_checkpoint(recipe_path: Path, checkpoint: Path, timeout: float = 240) -> None:
+    """Start `fai-rl-train --recipe recipe_path`, SIGKILL it (a lost node) once `checkpoint` is complete."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fai_rl.cli.train", "--recipe", str(recipe_path)], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.time() + timeout
+        while not (checkpoint / "trainer_state.json").exists():
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            assert time.time() < deadline, f"no {checkpoint.name} within {timeout} s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -203,23 +203,23 @@ def test_digits_task_deterministic_disjoint_and_correct():
     assert {_digits_problem(r["prompt"])[1] for r in test} == {"+", "-"}
 
 
-def test_digits_pairs_well_formed_and_aligned_with_digits():
+def test_digits_pairs_one_pair_per_near_miss_over_the_digits_problems():
     from fai_rl.data.tasks import near_misses
 
+    sizes = {}
     for split in ("train", "test"):
         pairs, digits = load_builtin_task(PAIRS, split), load_builtin_task(DIGITS, split)
         assert pairs == load_builtin_task(PAIRS, split)
-        assert [(p["prompt"], p["answer"]) for p in pairs] == [(d["prompt"], d["answer"]) for d in digits]
+        expected = [(d["prompt"], d["answer"], str(w)) for d in digits for w in near_misses(int(d["answer"]))]
+        assert [(p["prompt"], p["answer"], p["rejected"]) for p in pairs] == expected
         for p in pairs:
             assert set(p) == {"prompt", "chosen", "rejected", "answer"}
             assert all(isinstance(p[k], str) for k in p)
-            assert p["chosen"] == p["answer"] != p["rejected"]
-            assert int(p["rejected"]) in near_misses(int(p["answer"])) and int(p["rejected"]) >= 0
+            assert p["chosen"] == p["answer"] != p["rejected"] and int(p["rejected"]) >= 0
+        sizes[split] = len(pairs)
+    assert sizes == {"train": 396, "test": 131}
     # Near misses keep the tens digit and move the units digit by 1 or 2.
     assert near_misses(0) == [1, 2] and near_misses(9) == [7, 8] and near_misses(13) == [11, 12, 14, 15]
-    # The rejected answers are not all the same offset.
-    offsets = {int(p["rejected"]) - int(p["chosen"]) for p in load_builtin_task(PAIRS, "train")}
-    assert offsets == {-2, -1, 1, 2}
 
 
 def _countdown_values(numbers: list[int]) -> set:
@@ -289,6 +289,14 @@ def test_countdown_task_deterministic_disjoint_and_solvable():
     # An independent brute-force solver agrees that the instances are solvable.
     for row in test[:60] + train[:40]:
         assert row["target"] in _countdown_values(row["numbers"]), row
+    # The prompt asks for what the countdown reward checks by default (every number exactly once), and the reward
+    # gives every reference answer full marks.
+    from fai_rl.rewards.countdown import countdown
+
+    assert all("each number exactly once" in row["prompt"] for row in test)
+    scores = countdown([r["answer"] for r in test], numbers=[r["numbers"] for r in test],
+                       target=[r["target"] for r in test])
+    assert scores == [1.0] * len(test)
 
 
 def test_new_task_errors_name_alternatives():

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, kill_after_checkpoint
 
 from fai_rl.backends.local.ppo import (
     compute_gae,
@@ -145,14 +141,6 @@ def test_step_rows_cover_each_epoch_once_and_split_processes():
 
 
 @pytest.fixture
-def ppo_dispatch(monkeypatch):
-    """The ("local", "ppo") dispatch line, for as long as the table does not have it yet."""
-    from fai_rl.backends import TRAINERS
-
-    monkeypatch.setitem(TRAINERS, ("local", "ppo"), "fai_rl.backends.local.ppo")
-
-
-@pytest.fixture
 def one_thread():
     """One torch thread: on a shared 2-core machine two threads of a tiny model spin against other work (10x slower)."""
     before = torch.get_num_threads()
@@ -179,32 +167,15 @@ def small_ppo_recipe(out: Path, **training) -> dict:
 
 
 # Runs the CLI with the PPO dispatch line added (a no-op once fai_rl.backends has it).
-_CLI = (
-    "import sys; from fai_rl.backends import TRAINERS; "
-    "TRAINERS.setdefault(('local', 'ppo'), 'fai_rl.backends.local.ppo'); "
-    "from fai_rl.cli.train import main; sys.exit(main(sys.argv[1:]))"
-)
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_continues_exactly_where_the_run_stopped(write_recipe, tmp_path, ppo_dispatch, one_thread):
+def test_resume_after_a_kill_continues_exactly_where_the_run_stopped(write_recipe, tmp_path, one_thread):
     from fai_rl.cli.train import main
 
     out = tmp_path / "resume"
     path = write_recipe(small_ppo_recipe(out))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CLI, "--recipe", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        deadline = time.time() + 240
-        while not (out / "checkpoint-6" / "trainer_state.json").exists():
-            assert proc.poll() is None, "the run ended before it could be interrupted"
-            assert time.time() < deadline, "no checkpoint-6 within 240 s"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # a hard kill, like a lost node
-        proc.wait()
+    kill_after_checkpoint(path, out / "checkpoint-6")
     assert not (out / "final").exists()
     saved = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "value_head.pt", "model.safetensors"):
@@ -235,7 +206,7 @@ def window_mean(rows: list[dict], key: str, which: slice) -> float:
 
 
 @pytest.mark.slow
-def test_quickstart_learns_digits(tmp_path, ppo_dispatch, one_thread, capsys):
+def test_quickstart_learns_digits(tmp_path, one_thread, capsys):
     from fai_rl.cli.train import main
 
     out = tmp_path / "quickstart"
@@ -247,21 +218,25 @@ def test_quickstart_learns_digits(tmp_path, ppo_dispatch, one_thread, capsys):
     rows = metrics(out)
     train = [row for row in rows if "reward" in row]
     assert [row["step"] for row in train] == [1, *range(5, 51, 5)]
-    # The sampled reward rises by at least 0.2 (first two logging windows against the last two).
+    # The sampled reward rises by at least 0.2 (first two logging windows against the last two) ...
     first, last = window_mean(train, "reward", slice(0, 2)), window_mean(train, "reward", slice(-2, None))
     assert last - first >= 0.2, (first, last)
-    # The critic learns: its loss falls from the untrained head's, and its error relative to the spread of the
-    # returns falls a lot (explained variance rises). With 0/1 rewards the loss floor is 0.5 * p(1 - p), which grows
-    # while the reward climbs toward 0.5, so the loss itself falls less than the normalised error.
-    assert window_mean(train, "value_loss", slice(-2, None)) < train[0]["value_loss"]
-    assert window_mean(train, "explained_variance", slice(-2, None)) > train[0]["explained_variance"] + 0.5
+    # ... and so does the held-out reward (16 samples for each of the 40 problems never trained on).
+    evals = [row["eval_reward"] for row in rows if "eval_reward" in row]
+    assert evals[-1] - evals[0] >= 0.2, evals
+    # The critic learns: its loss falls by a tenth or more, and its error relative to the spread of the returns
+    # falls (explained variance rises). With 0/1 rewards the loss floor is 0.5 * p(1 - p), which grows while the
+    # reward climbs toward 0.5, so the loss falls less than the critic improves.
+    assert window_mean(train, "value_loss", slice(-2, None)) < 0.9 * window_mean(train, "value_loss", slice(0, 2))
+    assert window_mean(train, "explained_variance", slice(-3, None)) > window_mean(
+        train, "explained_variance", slice(0, 3))
     assert all(0 <= row["clipfrac"] <= 1 and row["kl"] < 5 for row in train)
     assert [row["step"] for row in rows if "eval_reward" in row] == [0, 25, 50]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["reward"] == {"first": train[0]["reward"], "last": train[-1]["reward"]}
     assert summary["global_step"] == 50 and summary["algorithm"] == "ppo" and summary["tokens_per_s"] > 0
     print(f"\nPPO quickstart: reward {first:.3f} -> {last:.3f}, value loss {train[0]['value_loss']:.4f} -> "
-          f"{train[-1]['value_loss']:.4f}, eval_reward {summary['metrics']['eval_reward']}, "
+          f"{train[-1]['value_loss']:.4f}, eval_reward {evals[0]:.3f} -> {evals[-1]:.3f}, "
           f"train {summary['train_runtime_s']} s, wall {wall:.1f} s")
     # Artefacts: one checkpoint kept (save_total_limit 1), final/ a plain HF model dir that reloads.
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-50"]
@@ -274,7 +249,7 @@ def test_quickstart_learns_digits(tmp_path, ppo_dispatch, one_thread, capsys):
 
 
 @pytest.mark.slow
-def test_lora_with_a_value_model_and_a_reward_model(write_recipe, tmp_path, ppo_dispatch, one_thread, capsys):
+def test_lora_with_a_value_model_and_a_reward_model(write_recipe, tmp_path, one_thread, capsys):
     """The other critic and reward paths: LoRA policy (reference = adapter off), separate value model, reward model."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -308,7 +283,7 @@ def test_lora_with_a_value_model_and_a_reward_model(write_recipe, tmp_path, ppo_
     assert [row["step"] for row in metrics(out) if "reward" in row] == [1, 2, 3, 4]
 
 
-def test_keys_ppo_cannot_honour_are_reported_together(write_recipe, tmp_path, ppo_dispatch, capsys):
+def test_keys_ppo_cannot_honour_are_reported_together(write_recipe, tmp_path, capsys):
     from fai_rl.cli.train import main
 
     recipe = small_ppo_recipe(tmp_path / "run", optim="adafactor", gradient_accumulation_steps=2)
@@ -317,7 +292,7 @@ def test_keys_ppo_cannot_honour_are_reported_together(write_recipe, tmp_path, pp
     assert "2 errors" in err and "training.optim: 'adafactor'" in err and "training.gradient_accumulation_steps" in err
 
 
-def test_dry_run_shows_prompts_and_the_reward_preview(tmp_path, ppo_dispatch, capsys):
+def test_dry_run_shows_prompts_and_the_reward_preview(tmp_path, capsys):
     from fai_rl.cli.train import main
 
     recipe = ROOT / "recipes/quickstart/ppo.yaml"

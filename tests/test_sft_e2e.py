@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import ROOT, tiny_recipe
+from conftest import ROOT, kill_after_checkpoint, tiny_recipe
 
 from fai_rl.cli.train import main
 
@@ -116,19 +112,7 @@ def test_resume_after_an_interrupted_run_continues_from_the_saved_step(write_rec
     recipe = tiny_recipe(out)
     recipe["training"].update({"max_steps": 400, "save_steps": 3, "logging_steps": 1, "lr_scheduler_type": "constant"})
     path = write_recipe(recipe)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fai_rl.cli.train", "--recipe", str(path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
-    )
-    try:
-        deadline = time.time() + 240
-        while not (out / "checkpoint-6" / "trainer_state.json").exists():
-            assert proc.poll() is None, "the run ended before it could be interrupted"
-            assert time.time() < deadline, "no checkpoint-6 within 240 s"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # a hard kill, like a lost node
-        proc.wait()
+    kill_after_checkpoint(path, out / "checkpoint-6")
     assert not (out / "final").exists()
     saved = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")
                 if (p / "trainer_state.json").exists() and (p / "scheduler.pt").exists())

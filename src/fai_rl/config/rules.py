@@ -179,12 +179,16 @@ def _grpo_rules(r: Recipe) -> Iterator[Problem]:
                 f"{'steps_per_generation' if t.steps_per_generation else 'gradient_accumulation_steps'} {steps}); "
                 "make the batch a multiple of num_generations."
             )
-        has_eval = bool(r.data.eval_datasets) or r.data.eval_split_ratio > 0
-        if has_eval and t.per_device_eval_batch_size % t.num_generations:
-            yield "training.per_device_eval_batch_size", (
-                f"{t.per_device_eval_batch_size} is not a multiple of training.num_generations ({t.num_generations}); "
-                "evaluation samples whole groups too: use a multiple of it."
-            )
+    has_eval = bool(r.data.eval_datasets) or r.data.eval_split_ratio > 0
+    eval_group = t.num_generations if t.num_generations_eval is None else t.num_generations_eval
+    if t.num_generations_eval is not None and t.num_generations_eval < 1:
+        yield "training.num_generations_eval", f"{t.num_generations_eval} must be at least 1 (or null: num_generations)."
+    elif has_eval and eval_group >= 1 and t.per_device_eval_batch_size % eval_group:
+        key = "num_generations" if t.num_generations_eval is None else "num_generations_eval"
+        yield "training.per_device_eval_batch_size", (
+            f"{t.per_device_eval_batch_size} is not a multiple of training.{key} ({eval_group}); "
+            "evaluation samples whole groups too: use a multiple of it."
+        )
     if t.epsilon is not None and t.epsilon <= 0:
         yield "training.epsilon", f"{t.epsilon} must be greater than 0."
     if t.beta is not None and t.beta < 0:
@@ -222,4 +226,17 @@ def _ppo_rules(r: Recipe) -> Iterator[Problem]:
         yield "training.num_mini_batches", (
             f"{t.num_mini_batches} must be at least 1 and divide per_device_train_batch_size "
             f"({t.per_device_train_batch_size})."
+        )
+    # Keys the local PPO (written here, not TRL) cannot honour.
+    if t.optim not in ("adamw_torch", "adamw_torch_fused"):
+        yield "training.optim", f"'{t.optim}' is not offered by PPO, which uses torch AdamW; set training.optim=adamw_torch."
+    if t.gradient_accumulation_steps != 1:
+        yield "training.gradient_accumulation_steps", (
+            f"{t.gradient_accumulation_steps} has no meaning for PPO (each step makes num_ppo_epochs x "
+            "num_mini_batches updates); set it to 1 and use training.num_mini_batches."
+        )
+    if t.deepspeed_config is not None:
+        yield "training.deepspeed_config", (
+            f"{t.deepspeed_config!r}: PPO runs under plain DDP (accelerate) and does not gather ZeRO shards for its "
+            "checkpoints yet; remove it (LoRA or a smaller critic save memory)."
         )

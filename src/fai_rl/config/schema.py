@@ -206,6 +206,10 @@ class TrainingConfig:
     )
     # --- sampling (GRPO, GSPO, PPO)
     num_generations: int = _f(8, help="GRPO/GSPO: completions sampled per prompt (the group), at least 2.")
+    num_generations_eval: Optional[int] = _f(
+        None,
+        help="GRPO/GSPO/PPO: completions sampled per held-out prompt for eval_reward (null: num_generations; PPO: 1).",
+    )
     max_completion_length: int = _f(256, help="GRPO/GSPO/PPO: longest sampled completion, in tokens.")
     temperature: float = _f(1.0, help="GRPO/GSPO/PPO: sampling temperature.")
     top_p: float = _f(1.0, help="GRPO/GSPO/PPO: nucleus sampling mass, in (0, 1].")

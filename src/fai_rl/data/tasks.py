@@ -26,12 +26,12 @@ BUILTIN_TASKS: dict[str, str] = {
         "that fai-rl/tiny-sft starts from; columns prompt, answer; splits train (115 rows), test (40 rows)"
     ),
     "fai-rl/digits-pairs": (
-        "preference pairs over fai-rl/digits: chosen = the right answer, rejected = a near miss (units digit off by 1 "
-        "or 2); "
-        "columns prompt, chosen, rejected, answer; splits train (115 rows), test (40 rows), same problems as fai-rl/digits"
+        "preference pairs over fai-rl/digits: chosen = the right answer, rejected = each near miss in turn (units digit "
+        "off by 1 or 2, tens digit kept); columns prompt, chosen, rejected, answer; splits train (396 rows), test "
+        "(131 rows), over the same problems as the fai-rl/digits splits"
     ),
     "fai-rl/countdown": (
-        "Countdown problems: reach a target (1..100) from 3 or 4 numbers (1..25) with + - * /, each number at most "
+        "Countdown problems: reach a target (1..100) from 3 or 4 numbers (1..25) with + - * /, each number exactly "
         "once; columns prompt, numbers, target, answer (a reference expression); splits train (2000 rows), test (200 rows)"
     ),
 }
@@ -79,7 +79,6 @@ def _split_range(task: str, splits: dict[str, tuple[int, int]], split: str) -> t
 _DIGITS_SEED = 4321
 # split -> (start, stop) in the seeded order of the 155 problems: test is the first 40, train the other 115.
 _DIGITS_SPLITS: dict[str, tuple[int, int]] = {"train": (40, 155), "test": (0, 40)}
-_PAIRS_SEED = 8765
 
 
 def near_misses(answer: int) -> list[int]:
@@ -100,30 +99,27 @@ def _digits_problems() -> list[tuple[int, str, int]]:
     return problems
 
 
-def _digits_rows(task: str, split: str) -> list[tuple[str, int, float]]:
-    """(prompt, answer, a fixed uniform draw for the problem) for each problem of the split."""
+def _digits_rows(task: str, split: str) -> list[tuple[str, int]]:
+    """(prompt, answer) for each problem of the split."""
     start, stop = _split_range(task, _DIGITS_SPLITS, split)
-    problems = _digits_problems()
-    rng = random.Random(_PAIRS_SEED)
-    draws = [rng.random() for _ in problems]  # one per problem of the whole order: independent of the split
     return [
-        (f"What is {a} {op} {b}?", a + b if op == "+" else a - b, draws[i])
-        for i, (a, op, b) in enumerate(problems)
+        (f"What is {a} {op} {b}?", a + b if op == "+" else a - b)
+        for i, (a, op, b) in enumerate(_digits_problems())
         if start <= i < stop
     ]
 
 
 def _digits(split: str) -> list[dict]:
-    return [{"prompt": prompt, "answer": str(answer)} for prompt, answer, _ in _digits_rows("fai-rl/digits", split)]
+    return [{"prompt": prompt, "answer": str(answer)} for prompt, answer in _digits_rows("fai-rl/digits", split)]
 
 
 def _digits_pairs(split: str) -> list[dict]:
-    out = []
-    for prompt, answer, draw in _digits_rows("fai-rl/digits-pairs", split):
-        wrong = near_misses(answer)
-        rejected = wrong[int(draw * len(wrong))]
-        out.append({"prompt": prompt, "chosen": str(answer), "rejected": str(rejected), "answer": str(answer)})
-    return out
+    """One pair per near miss: the policy must prefer the right answer over every wrong answer it is likely to give."""
+    return [
+        {"prompt": prompt, "chosen": str(answer), "rejected": str(wrong), "answer": str(answer)}
+        for prompt, answer in _digits_rows("fai-rl/digits-pairs", split)
+        for wrong in near_misses(answer)
+    ]
 
 
 # ---------------------------------------------------------------- fai-rl/countdown
@@ -134,7 +130,7 @@ _COUNTDOWN_MAX_TARGET = 100
 _COUNTDOWN_SPLITS: dict[str, tuple[int, int]] = {"train": (0, 2000), "test": (2000, 2200)}
 _COUNTDOWN_PROMPT = (
     "Using the numbers {numbers}, write an arithmetic expression that equals {target}. You may use +, -, * and /, "
-    "and each number at most once. Answer with the expression only, for example (1 + 2) * 3."
+    "and each number exactly once. Answer with the expression only, for example (1 + 2) * 3."
 )
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 

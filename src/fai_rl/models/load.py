@@ -70,7 +70,6 @@ def quantization_config(model: ModelConfig):
     except ImportError:
         key = "model.load_in_4bit" if model.load_in_4bit else "model.load_in_8bit"
         raise BackendError(f"{key}: needs bitsandbytes; install it with pip install 'fai-rl[quant]'.") from None
-    import torch
     from transformers import BitsAndBytesConfig
 
     if model.load_in_8bit:

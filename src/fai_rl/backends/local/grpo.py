@@ -101,6 +101,7 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir) -> dict | None:
     args = GRPOConfig(
         **trainer_arguments(recipe, has_eval, count_input_tokens=False),  # TRL logs num_tokens itself
         num_generations=t.num_generations,
+        num_generations_eval=t.num_generations_eval,
         max_completion_length=t.max_completion_length,
         temperature=t.temperature,
         top_p=t.top_p,

@@ -290,29 +290,10 @@ def prepare(recipe: Recipe, resume: str | None) -> PreparedPPO:
     """Tokenizer, prompt rows and reward functions, and the resume point; nothing is written."""
     from fai_rl.data.rl import load_prompt_rows
 
-    problems = unsupported_keys(recipe)
-    if problems:
-        raise RecipeError(problems)
     resume_point = find_resume_point(recipe, resume)
     tokenizer = load_tokenizer(recipe.model)
     train_rows, eval_rows = load_prompt_rows(recipe)
     return PreparedPPO(tokenizer, train_rows, eval_rows, reward_functions(recipe), resume_point)
-
-
-def unsupported_keys(recipe: Recipe) -> list[str]:
-    """Training keys this PPO cannot honour (a candidate for config.rules._ppo_rules)."""
-    t, problems = recipe.training, []
-    if t.optim not in ("adamw_torch", "adamw_torch_fused"):
-        problems.append(f"training.optim: '{t.optim}' is not offered by local PPO, which uses torch AdamW; "
-                        "set training.optim=adamw_torch.")
-    if t.gradient_accumulation_steps != 1:
-        problems.append(f"training.gradient_accumulation_steps: {t.gradient_accumulation_steps} has no meaning for "
-                        "PPO (each step makes num_ppo_epochs x num_mini_batches updates); set it to 1 and use "
-                        "training.num_mini_batches.")
-    if t.deepspeed_config is not None:
-        problems.append("training.deepspeed_config: local PPO runs under plain DDP (accelerate) and does not gather "
-                        "ZeRO shards for its checkpoints yet; remove it (LoRA or a smaller critic save memory).")
-    return problems
 
 
 def describe(recipe: Recipe, prepared: PreparedPPO) -> str:
@@ -413,7 +394,7 @@ class PPORun:
 
     # ---- sampling and scoring
 
-    def generate(self, rows: list[dict], greedy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def generate(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(prompt_ids_bs, prompt_mask_bs, completion_ids_bt) with prompts left-padded for generation."""
         from transformers import GenerationConfig
 
@@ -422,8 +403,8 @@ class PPORun:
         ids_bs = batch["input_ids"].to(self.accelerator.device)
         mask_bs = batch["attention_mask"].to(self.accelerator.device)
         # every sampling knob given, so a model's own generation_config (e.g. top_k 20) cannot change what is sampled
-        sampling = {} if greedy else {"temperature": self.t.temperature, "top_p": self.t.top_p, "top_k": 0}
-        config = GenerationConfig(max_new_tokens=self.t.max_completion_length, do_sample=not greedy, **sampling,
+        config = GenerationConfig(max_new_tokens=self.t.max_completion_length, do_sample=True,
+                                  temperature=self.t.temperature, top_p=self.t.top_p, top_k=0,
                                   eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
         policy = self.unwrapped.policy
         policy.eval()
@@ -457,7 +438,7 @@ class PPORun:
     def rollout(self, rows: list[dict]) -> Rollout:
         """Sample one completion per prompt, score it, and compute old logprobs, values, rewards and advantages."""
         t = self.t
-        prompt_ids_bs, prompt_mask_bs, completion_ids_bt = self.generate(rows, greedy=False)
+        prompt_ids_bs, prompt_mask_bs, completion_ids_bt = self.generate(rows)
         mask_bt, has_eos_b = self.completion_mask(completion_ids_bt)
         input_ids_bs = torch.cat([prompt_ids_bs, completion_ids_bt], dim=1)
         attention_mask_bs = torch.cat([prompt_mask_bs, mask_bt.long()], dim=1)
@@ -531,13 +512,18 @@ class PPORun:
     # ---- evaluation and checkpoints
 
     def evaluate(self, rows: list[dict]) -> dict:
-        """eval_reward: mean score of greedy completions of this process's share of the eval prompts, averaged."""
-        mine = rows[self.accelerator.process_index :: self.accelerator.num_processes]
+        """eval_reward: mean score of completions sampled as in training (num_generations_eval per held-out prompt).
+
+        Sampled, not greedy, so it measures what PPO optimises and matches GRPO's eval_reward.
+        """
+        per_prompt = self.t.num_generations_eval or 1
+        mine = [row for row in rows[self.accelerator.process_index :: self.accelerator.num_processes]
+                for _ in range(per_prompt)]
         total = torch.zeros(2, device=self.accelerator.device)
         size = self.t.per_device_eval_batch_size
         for start in range(0, len(mine), size):
             chunk = mine[start : start + size]
-            _, _, completion_ids_bt = self.generate(chunk, greedy=True)
+            _, _, completion_ids_bt = self.generate(chunk)
             mask_bt, has_eos_b = self.completion_mask(completion_ids_bt)
             score_b, _ = self.score(chunk, completion_ids_bt, mask_bt, has_eos_b)
             total += torch.stack([score_b.sum(), torch.tensor(float(len(chunk)), device=total.device)])
