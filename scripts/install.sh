@@ -11,6 +11,7 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+export DS_BUILD_OPS=${DS_BUILD_OPS:-0}  # deepspeed is an sdist: build no CUDA ops at install (JIT on use)
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     "${pip[@]}" torch

@@ -1,4 +1,5 @@
-"""How a run is started: on CPU, in this process on one GPU, through `accelerate launch` on several, or detached.
+"""How a run is started: on CPU, in this process on one GPU, through `accelerate launch` on several or on several
+nodes, or detached.
 
 Every child process gets its arguments as a list (never through a shell), so no override string can run anything.
 This module never imports torch: GPUs are counted with nvidia-smi so CUDA_VISIBLE_DEVICES can still be pinned before
@@ -17,10 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fai_rl.config.deepspeed import deepspeed_config_path
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
 
 LAUNCHED_ENV = "FAI_RL_LAUNCHED"  # set in processes started by `accelerate launch`, so they train instead of relaunching
+DEFAULT_PORT = 29500
 
 
 def count_host_gpus() -> int:
@@ -38,18 +41,54 @@ def count_host_gpus() -> int:
 
 
 @dataclass
+class Nodes:
+    """The multi-node flags: how many machines, which one this is, and where rank 0 listens."""
+
+    count: int = 1
+    rank: int = 0
+    main_ip: str | None = None
+    main_port: int | None = None
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.count < 1:
+            problems.append(f"--num-nodes: {self.count} must be 1 or more.")
+        elif not 0 <= self.rank < self.count:
+            problems.append(f"--node-rank: {self.rank} must be in [0, {self.count - 1}] for --num-nodes {self.count}; "
+                            "give 0 on the main node and 1, 2, ... on the others.")
+        if self.count > 1 and not self.main_ip:
+            problems.append(f"--main-process-ip: needed with --num-nodes {self.count}; give the address of the node "
+                            "started with --node-rank 0, the same on every node.")
+        if self.count == 1 and self.rank:
+            problems.append(f"--node-rank: {self.rank} without --num-nodes; pass --num-nodes too.")
+        if self.main_port is not None and not 0 < self.main_port < 65536:
+            problems.append(f"--main-process-port: {self.main_port} is not a TCP port; use e.g. {DEFAULT_PORT}.")
+        return problems
+
+
+@dataclass
 class LaunchPlan:
-    """Where the run goes: `gpus` 0 = CPU; `command` set when it relaunches through accelerate."""
+    """Where the run goes: `gpus` per node (0 = CPU); `command` set when it relaunches through accelerate."""
 
     gpus: int
     host_gpus: int
+    processes: int = 1  # per node
+    nodes: Nodes = field(default_factory=Nodes)
     env: dict[str, str] = field(default_factory=dict)
     command: list[str] | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * self.nodes.count
 
     def describe(self) -> str:
         if self.command is not None:
             env = " ".join(f"{k}={v}" for k, v in self.env.items())
-            return f"{self.gpus} processes on {self.gpus} GPUs via accelerate:\n  {env} {shlex.join(self.command)}"
+            where = f"{self.gpus} GPUs" if self.gpus else "CPU (gloo)"
+            node = (f" on node {self.nodes.rank} of {self.nodes.count} ({self.world_size} processes in all)"
+                    if self.nodes.count > 1 else "")
+            procs = f"{self.processes} process{'es' if self.processes > 1 else ''}"
+            return f"{procs} on {where}{node} via accelerate:\n  {env} {shlex.join(self.command)}"
         if self.gpus == 0:
             why = "no GPU found" if self.host_gpus == 0 else "--num-gpus 0"
             return f"one process on CPU ({why}); training on CPU is slow beyond tiny models"
@@ -57,36 +96,78 @@ class LaunchPlan:
         return f"one process on 1 of {self.host_gpus} GPUs{pin}"
 
 
-def plan_launch(recipe: Recipe, num_gpus: int | None, child_argv: list[str]) -> LaunchPlan:
-    """Decide how to start the run; RecipeError when the host cannot give what was asked."""
+def plan_launch(
+    recipe: Recipe,
+    num_gpus: int | None,
+    child_argv: list[str],
+    num_processes: int | None = None,
+    nodes: Nodes | None = None,
+) -> LaunchPlan:
+    """Decide how to start the run; RecipeError naming the flag when the host cannot give what was asked.
+
+    `num_gpus` and `num_processes` count this node only; accelerate is told the totals over all nodes.
+    """
+    nodes = nodes or Nodes()
     host = count_host_gpus()
     if num_gpus is None:
         num_gpus = 1 if host else 0
+    problems = nodes.check()
     if num_gpus < 0:
-        raise RecipeError(f"--num-gpus: {num_gpus} must be 0 (CPU) or more.")
-    if num_gpus > host:
-        raise RecipeError(
+        problems.append(f"--num-gpus: {num_gpus} must be 0 (CPU) or more.")
+    elif num_gpus > host:
+        problems.append(
             f"--num-gpus: asked for {num_gpus} GPUs but this host has {host}; "
             + ("pass --num-gpus 0 (or leave it out) to run on CPU." if host == 0 else f"use --num-gpus {host} or fewer.")
         )
-    if num_gpus == 0:
-        return LaunchPlan(0, host, env={"CUDA_VISIBLE_DEVICES": ""} if host else {})
-    if num_gpus == 1:
+    if num_processes is not None:
+        if num_processes < 1:
+            problems.append(f"--num-processes: {num_processes} must be 1 or more.")
+        elif num_gpus > 0 and num_processes != num_gpus:
+            problems.append(f"--num-processes: {num_processes} with --num-gpus {num_gpus}; on GPUs each process drives "
+                            "one GPU, so leave --num-processes out (it is for CPU processes, with --num-gpus 0).")
+    if problems:
+        raise RecipeError(problems)
+    processes = num_gpus if num_gpus > 0 else (num_processes or 1)
+    # DeepSpeed needs the distributed environment a launcher sets up, even for one process (ZeRO-offload on one GPU)
+    if processes == 1 and nodes.count == 1 and not recipe.training.deepspeed_config:
+        if num_gpus == 0:
+            return LaunchPlan(0, host, env={"CUDA_VISIBLE_DEVICES": ""} if host else {})
         # HF Trainer wraps the model in DataParallel when it sees several GPUs in one process: show it one.
         first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
         return LaunchPlan(1, host, env={"CUDA_VISIBLE_DEVICES": first} if host > 1 else {})
-    return LaunchPlan(num_gpus, host, env={LAUNCHED_ENV: "1"}, command=accelerate_command(recipe, num_gpus, child_argv))
+    env = {LAUNCHED_ENV: "1"}
+    if num_gpus == 0:  # CPU processes: DDP needs accelerate told so; DeepSpeed runs its CPU accelerator over gloo
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        if not recipe.training.deepspeed_config:
+            env["ACCELERATE_USE_CPU"] = "true"
+    plan = LaunchPlan(num_gpus, host, processes, nodes, env)
+    plan.command = accelerate_command(recipe, plan, child_argv)
+    return plan
 
 
-def accelerate_command(recipe: Recipe, num_gpus: int, child_argv: list[str]) -> list[str]:
-    """`accelerate launch` of this CLI on num_gpus processes: DDP, or DeepSpeed when the recipe names a config."""
-    t = recipe.training
-    if t.deepspeed_config and importlib.util.find_spec("deepspeed") is None:
+def accelerate_command(recipe: Recipe, plan: LaunchPlan, child_argv: list[str]) -> list[str]:
+    """`accelerate launch` of this CLI: DDP, or DeepSpeed when the recipe names a config; one node or several.
+
+    The launcher, not the user, picks the process count, the mixed precision and the DeepSpeed config file. The
+    config's "auto" values are filled from the recipe inside each process (fai_rl.config.deepspeed), which is what
+    the trainers use; accelerate only needs the file to select DeepSpeed.
+    """
+    t, nodes = recipe.training, plan.nodes
+    ds_file = deepspeed_config_path(t.deepspeed_config) if t.deepspeed_config else None
+    if ds_file is not None and importlib.util.find_spec("deepspeed") is None:
         raise BackendError("training.deepspeed_config: needs deepspeed; install it with pip install 'fai-rl[deepspeed]'.")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_gpus), "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no" if t.bf16 is False else "bf16"]
-    if t.deepspeed_config:
-        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(t.deepspeed_config)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(plan.world_size),
+           "--num_machines", str(nodes.count)]
+    if nodes.count > 1:
+        cmd += ["--machine_rank", str(nodes.rank), "--main_process_ip", str(nodes.main_ip),
+                "--main_process_port", str(nodes.main_port or DEFAULT_PORT)]
+    else:  # a free port, so two runs on one host (or two test workers) never collide
+        cmd += ["--main_process_port", str(nodes.main_port or 0)]
+    cmd += ["--mixed_precision", "bf16" if plan.gpus and t.bf16 is not False else "no"]
+    if ds_file is not None:
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(ds_file)]
+        if nodes.count > 1:
+            cmd += ["--deepspeed_multinode_launcher", "standard"]  # torchrun on each node, like DDP: no ssh/pdsh
     else:
         cmd += ["--multi_gpu"]
     return [*cmd, "--module", "fai_rl.cli.train", *child_argv]

@@ -11,6 +11,7 @@ from pathlib import Path
 from transformers import TrainerCallback, TrainingArguments
 
 from fai_rl.artifacts import RunDir, checkpoints
+from fai_rl.config.deepspeed import resolve_deepspeed_config
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
 from fai_rl.models.load import accelerator, use_bf16
@@ -21,13 +22,44 @@ _CHECKPOINTING_ARG = (
     else "gradient_checkpointing"
 )
 
-# Files HF Trainer needs to continue a run exactly (optimizer, schedule, data position, RNG).
+# Files HF Trainer needs to continue a run exactly (optimizer, schedule, data position, RNG). Under DeepSpeed the
+# optimizer (and, for PPO, the whole engine) is in DeepSpeed's own sharded checkpoint instead: `latest` names it.
 RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+DEEPSPEED_STATE = "latest"
+
+
+def missing_resume_files(path: Path) -> list[str]:
+    """What a checkpoint dir lacks to resume from it (empty when complete), plain or DeepSpeed."""
+    needed = [f for f in RESUME_FILES if not ((path / DEEPSPEED_STATE).exists() and f == "optimizer.pt")]
+    return [f for f in needed if not (path / f).exists()]
+
+
+def start_cpu_processes() -> bool:
+    """DeepSpeed in several processes without a GPU (tests, a laptop): start them over gloo; True if so.
+
+    Must run before TrainingArguments or an Accelerator exist. accelerate would otherwise ask DeepSpeed's CPU
+    accelerator for its default backend (oneCCL), which a plain torch does not have. (DDP on CPU needs nothing:
+    the launcher sets ACCELERATE_USE_CPU.)
+    """
+    import torch
+
+    if (int(os.environ.get("WORLD_SIZE", "1")) < 2 or torch.cuda.is_available()
+            or os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true"):
+        return False
+    import deepspeed.ops
+    from accelerate import PartialState
+
+    # DeepSpeed's CPU accelerator would g++-compile a shared-memory all-reduce (1-2 min on first use) that a few
+    # CPU processes gain nothing from: gloo does the collectives.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    PartialState(backend="gloo")
+    return True
 
 
 def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool = True) -> dict:
     """The recipe's `training:` keys as transformers/TRL TrainingArguments keyword arguments: the one mapping."""
     t = recipe.training
+    configured = start_cpu_processes()
     return {
         "output_dir": t.output_dir,
         "learning_rate": t.learning_rate,
@@ -53,7 +85,9 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
         "eval_strategy": "steps" if t.eval_steps is not None else "no",
         "eval_steps": t.eval_steps,
         "eval_on_start": has_eval,  # the "before" number every run's summary compares against
-        "deepspeed": t.deepspeed_config,
+        "deepspeed": resolve_deepspeed_config(recipe, use_bf16(recipe)) if t.deepspeed_config else None,
+        "accelerator_config": {"use_configured_state": configured},  # keep the gloo state set up just above
+        "ddp_find_unused_parameters": False,  # every trainable weight is used; the search costs a graph walk a step
         "report_to": ["wandb"] if recipe.wandb.enabled else "none",
         "include_num_input_tokens_seen": "non_padding" if count_input_tokens else "no",
         "dataloader_pin_memory": accelerator() == "cuda",
@@ -112,7 +146,7 @@ def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
         return None
     if resume == "latest":
         found = checkpoints(Path(recipe.training.output_dir))
-        complete = [c for c in found if all((c / f).exists() for f in RESUME_FILES)]
+        complete = [c for c in found if not missing_resume_files(c)]
         if not found:
             raise RecipeError(
                 f"--resume: no checkpoint-N in training.output_dir '{recipe.training.output_dir}' to resume from; "
@@ -125,12 +159,19 @@ def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
         path = Path(resume)
         if not path.is_dir():
             raise RecipeError(f"--resume: '{resume}' is not a checkpoint directory; give a checkpoint-N dir.")
-    missing = [f for f in RESUME_FILES if not (path / f).exists()]
+    missing = missing_resume_files(path)
     if missing:
         raise RecipeError(
             f"--resume: '{path}' holds weights only (no {', '.join(missing)}), so the optimizer, schedule and data "
             "position cannot be restored and resume is impossible; start a fresh run (optionally from these weights "
             "via model.base_model_name)."
+        )
+    saved_by_deepspeed = (path / DEEPSPEED_STATE).exists()
+    if saved_by_deepspeed != bool(recipe.training.deepspeed_config):
+        raise RecipeError(
+            f"--resume: '{path}' was saved {'under' if saved_by_deepspeed else 'without'} DeepSpeed but "
+            f"training.deepspeed_config is {recipe.training.deepspeed_config or 'null'}; the optimizer state is kept "
+            "in a different form, so resume with the training.deepspeed_config (and process count) that saved it."
         )
     step = json.loads((path / "trainer_state.json").read_text())["global_step"]
     return ResumePoint(path=path, step=int(step))

@@ -17,13 +17,17 @@ How this departs from them:
 - With LoRA the reference is the same network with the adapter switched off, not a second copy.
 - One completion per prompt per step; the learning-rate schedule steps once per PPO step (so warmup_steps and
   max_steps count the same steps), while each step makes num_ppo_epochs x num_mini_batches optimizer updates.
-- Several processes run as DDP through accelerate (each samples its own prompts); DeepSpeed is not wired yet.
+- Several processes run as DDP or DeepSpeed ZeRO-1/2/3 through accelerate (each samples its own prompts). Under
+  ZeRO-3 the policy and critic are sharded when DeepSpeed wraps them (they load whole on each process first, and the
+  frozen reference stays whole on each process), and their shards are gathered once per rollout for generation.
+  Checkpoints then hold DeepSpeed's own sharded optimizer state next to the gathered HF weights.
 
 Tensor names carry their shapes: b = batch, s = prompt + completion positions, t = completion positions, v = vocab.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -39,7 +43,14 @@ import torch
 from torch import nn
 
 from fai_rl.artifacts import RunDir, checkpoints
-from fai_rl.backends.local.common import ResumePoint, find_resume_point, peak_gpu_memory_gib, save_final
+from fai_rl.backends.local.common import (
+    ResumePoint,
+    find_resume_point,
+    peak_gpu_memory_gib,
+    save_final,
+    start_cpu_processes,
+)
+from fai_rl.config.deepspeed import resolve_deepspeed_config, zero_stage
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
 from fai_rl.models.load import (
@@ -180,6 +191,7 @@ class PolicyAndCritic(nn.Module):
         super().__init__()
         self.policy = policy
         self.value_backbone = value_backbone  # None: the value head reads the policy's hidden states (shared trunk)
+        self.config = policy.config  # what DeepSpeed sizes "auto" buckets from (hidden_size)
         self.value_head = nn.Linear(hidden_size, 1)
         nn.init.normal_(self.value_head.weight, std=1 / math.sqrt(hidden_size + 1))
         nn.init.zeros_(self.value_head.bias)
@@ -363,11 +375,25 @@ class PPORun:
 
         self.recipe, self.t, self.prepared = recipe, recipe.training, prepared
         self.tokenizer = prepared.tokenizer
-        # cpu=True on a CPU machine: without it accelerate does not see a torchrun world of CPU processes
-        self.accelerator = Accelerator(cpu=accelerator() == "cpu", mixed_precision="bf16" if use_bf16(recipe) else "no")
-        set_seed(self.t.seed, device_specific=True)  # each process samples differently; DDP syncs the weights
+        start_cpu_processes()
         resume = prepared.resume
+        # Models first, from one seed on every process (the value head's init); before the Accelerator exists, so
+        # under ZeRO-3 they load whole (no zero.Init) and the reference stays an ordinary module.
+        set_seed(self.t.seed)
         model, self.reference = build_models(recipe, resume.path if resume else None)
+        deepspeed_plugin = None
+        if self.t.deepspeed_config:
+            from accelerate.utils import DeepSpeedPlugin
+
+            config = resolve_deepspeed_config(recipe, use_bf16(recipe))
+            deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=False)
+        self.zero3 = deepspeed_plugin is not None and zero_stage(deepspeed_plugin.deepspeed_config) == 3
+        # cpu=True for DDP on a CPU machine: without it accelerate does not see a torchrun world of CPU processes
+        # (DeepSpeed brings its own CPU accelerator and must not be told cpu).
+        self.accelerator = Accelerator(cpu=accelerator() == "cpu" and deepspeed_plugin is None,
+                                       mixed_precision="bf16" if use_bf16(recipe) else "no",
+                                       deepspeed_plugin=deepspeed_plugin)
+        set_seed(self.t.seed, device_specific=True)  # each process samples differently; DDP syncs the weights
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.t.learning_rate, weight_decay=self.t.weight_decay,
                                       fused=self.t.optim == "adamw_torch_fused" or None)
@@ -384,13 +410,39 @@ class PPORun:
             self.reference.to(self.accelerator.device)
         self.eos_ids = _eos_ids(self.tokenizer, self.unwrapped.policy)
         if resume is not None:
-            self.optimizer.load_state_dict(torch.load(resume.path / "optimizer.pt", map_location="cpu"))
+            if self.deepspeed:  # the engine's own checkpoint: optimizer shards (and trainable weights) per process
+                self.model.load_checkpoint(str(resume.path), load_module_strict=False, load_lr_scheduler_states=False)
+            else:
+                self.optimizer.load_state_dict(torch.load(resume.path / "optimizer.pt", map_location="cpu"))
             self.scheduler.load_state_dict(torch.load(resume.path / "scheduler.pt"))
             _restore_rng(resume.path, self.accelerator.process_index)
 
     @property
     def unwrapped(self) -> PolicyAndCritic:
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.accelerator.state.deepspeed_plugin is not None
+
+    @contextlib.contextmanager
+    def whole_weights(self):
+        """Under ZeRO-3, every shard gathered on every process (with DeepSpeed's fetch hooks off) for generation.
+
+        A collective: every process enters it the same number of times. Elsewhere a no-op.
+        """
+        if not self.zero3:
+            yield
+            return
+        import deepspeed
+        from trl.models.utils import add_hooks, remove_hooks
+
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+            remove_hooks(self.model)
+            try:
+                yield
+            finally:
+                add_hooks(self.model)
 
     # ---- sampling and scoring
 
@@ -408,8 +460,9 @@ class PPORun:
                                   eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
         policy = self.unwrapped.policy
         policy.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            out_bs = policy.generate(input_ids=ids_bs, attention_mask=mask_bs, generation_config=config)
+        with torch.no_grad(), self.accelerator.autocast():  # synced_gpus off: weights are whole, nothing to fetch
+            out_bs = policy.generate(input_ids=ids_bs, attention_mask=mask_bs, generation_config=config,
+                                     synced_gpus=False)
         return ids_bs, mask_bs, out_bs[:, ids_bs.shape[1] :]
 
     def completion_mask(self, completion_ids_bt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -438,7 +491,8 @@ class PPORun:
     def rollout(self, rows: list[dict]) -> Rollout:
         """Sample one completion per prompt, score it, and compute old logprobs, values, rewards and advantages."""
         t = self.t
-        prompt_ids_bs, prompt_mask_bs, completion_ids_bt = self.generate(rows)
+        with self.whole_weights():
+            prompt_ids_bs, prompt_mask_bs, completion_ids_bt = self.generate(rows)
         mask_bt, has_eos_b = self.completion_mask(completion_ids_bt)
         input_ids_bs = torch.cat([prompt_ids_bs, completion_ids_bt], dim=1)
         attention_mask_bs = torch.cat([prompt_mask_bs, mask_bt.long()], dim=1)
@@ -521,12 +575,13 @@ class PPORun:
                 for _ in range(per_prompt)]
         total = torch.zeros(2, device=self.accelerator.device)
         size = self.t.per_device_eval_batch_size
-        for start in range(0, len(mine), size):
-            chunk = mine[start : start + size]
-            _, _, completion_ids_bt = self.generate(chunk)
-            mask_bt, has_eos_b = self.completion_mask(completion_ids_bt)
-            score_b, _ = self.score(chunk, completion_ids_bt, mask_bt, has_eos_b)
-            total += torch.stack([score_b.sum(), torch.tensor(float(len(chunk)), device=total.device)])
+        with self.whole_weights():  # once around the loop: processes may hold different numbers of chunks
+            for start in range(0, len(mine), size):
+                chunk = mine[start : start + size]
+                _, _, completion_ids_bt = self.generate(chunk)
+                mask_bt, has_eos_b = self.completion_mask(completion_ids_bt)
+                score_b, _ = self.score(chunk, completion_ids_bt, mask_bt, has_eos_b)
+                total += torch.stack([score_b.sum(), torch.tensor(float(len(chunk)), device=total.device)])
         total = self.accelerator.reduce(total, reduction="sum")
         return {"eval_reward": (total[0] / total[1].clamp(min=1)).item()}
 
@@ -537,13 +592,14 @@ class PPORun:
         if acc.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            model = self.unwrapped
-            model.policy.save_pretrained(staging)
+        acc.wait_for_everyone()
+        self.save_weights(staging)
+        if self.deepspeed:  # every process writes its optimizer shards (+ `latest`)
+            self.model.save_checkpoint(str(staging), tag=f"global_step{step}", exclude_frozen_parameters=True)
+        if acc.is_main_process:
             self.tokenizer.save_pretrained(staging)
-            if model.value_backbone is not None:
-                model.value_backbone.save_pretrained(staging / "value_model")
-            torch.save(model.value_head.state_dict(), staging / "value_head.pt")
-            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            if not self.deepspeed:
+                torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
         acc.wait_for_everyone()
         _save_rng(staging, acc.process_index)
@@ -561,6 +617,27 @@ class PPORun:
         return final
 
 
+    def save_weights(self, path: Path, policy_only: bool = False) -> None:
+        """Policy (HF model or adapter) into path; also value_model/ and value_head.pt unless policy_only.
+
+        Every process calls it: under ZeRO-3 the full weights are gathered (onto the main process, which writes).
+        """
+        model = self.unwrapped
+        state = self.accelerator.get_state_dict(self.model) if self.zero3 else None
+        if not self.accelerator.is_main_process:
+            return
+
+        def part(prefix: str) -> dict | None:
+            return None if state is None else {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+        model.policy.save_pretrained(path, state_dict=part("policy."))
+        if policy_only:
+            return
+        if model.value_backbone is not None:
+            model.value_backbone.save_pretrained(path / "value_model", state_dict=part("value_backbone."))
+        torch.save(part("value_head.") or model.value_head.state_dict(), path / "value_head.pt")
+
+
 class _FinalSaver:
     """What common.save_final asks of a trainer, so final/ is written exactly as for SFT (staged, fai_rl.json)."""
 
@@ -571,8 +648,7 @@ class _FinalSaver:
         return self.accelerator.is_main_process
 
     def save_model(self, path: str) -> None:
-        if self.accelerator.is_main_process:
-            self._run.unwrapped.policy.save_pretrained(path)
+        self._run.save_weights(Path(path), policy_only=True)
 
 
 def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
