@@ -10,9 +10,11 @@ quickstart:
 	OMP_NUM_THREADS=1 .venv/bin/fai-rl-train --recipe recipes/quickstart/grpo.yaml
 
 # The CPU test suite (what CI runs), one pytest worker per core of a 2-core machine; the long learning tests are
-# spread over both (~5.5 min instead of ~10).
+# spread over both (~5.5 min instead of ~10). Tests marked `tinker` run against a local Tinker-API server that lives
+# in its own venv, .tinker-server/venv (~2.5 min to install the first time, a no-op afterwards).
 test:
 	scripts/install.sh dev
+	tests/tinker_harness/install.sh
 	.venv/bin/python -m pytest -q -n 2 --dist worksteal
 
 # Regenerate the schema reference from the schema (a test fails when it drifts).

@@ -90,3 +90,26 @@ def kill_after_checkpoint(recipe_path: Path, checkpoint: Path, timeout: float = 
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def tinker_server():
+    """A real Tinker-API server on loopback serving `fai-rl/tiny-sft` (tests marked `tinker`).
+
+    skyrl-tx (JAX on CPU) behind our wire adapter for the tinker SDK, from its own venv (tests/tinker_harness/).
+    One per pytest worker, started on first use (~15 s), stopped when the session ends. See
+    tests/tinker_harness/server.py: `.base_url`, `.api_key`, `.base_model` (pass it to create_lora_training_client),
+    `.model_dir`, `.service_client()`, `.rest_client()`, `.server_log`, `.adapter_log`. Tests that kill a server
+    start their own `TinkerServer()` (a context manager) instead of killing this shared one.
+    """
+    from tinker_harness.server import ServerNotInstalled, TinkerServer
+
+    os.environ.setdefault("TINKER_TELEMETRY", "0")
+    try:
+        server, missing = TinkerServer("fai-rl/tiny-sft"), None
+    except ServerNotInstalled as e:
+        server, missing = None, str(e)
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    with server:
+        yield server

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import dataclasses
 import typing
 from pathlib import Path
@@ -166,15 +168,19 @@ def test_interpolation_resolves(write_recipe):
     assert r.training.output_dir == "runs/sft-42"
 
 
-def test_unavailable_backend_algorithm_pair_is_a_recipe_error(write_recipe):
+def test_every_algorithm_has_a_trainer_on_every_backend_and_a_missing_pair_is_a_recipe_error(write_recipe, monkeypatch):
     from fai_rl.backends import TRAINERS, check_dispatch
+    from fai_rl.config.schema import ALGORITHMS, BACKENDS
 
+    assert set(TRAINERS) == {(b, a) for b in BACKENDS for a in ALGORITHMS}
+    for (backend, algorithm), module in TRAINERS.items():  # a pair the schema allows, and a module that imports
+        assert callable(importlib.import_module(module).train)
+        load_recipe(write_recipe(BASE), [f"training.backend={backend}", f"training.algorithm={algorithm}",
+                                         "rewards[0].function=exact_match"], extra_rules=[check_dispatch])
+    monkeypatch.delitem(TRAINERS, ("tinker", "sft"))
     with pytest.raises(RecipeError) as info:
         load_recipe(write_recipe(BASE), ["training.backend=tinker"], extra_rules=[check_dispatch])
     assert "training.algorithm: 'sft' on backend 'tinker' is not available" in info.value.problems[0]
-    for backend, algorithm in TRAINERS:  # every table entry is a pair the schema allows
-        load_recipe(write_recipe(BASE), [f"training.backend={backend}", f"training.algorithm={algorithm}",
-                                         "rewards[0].function=exact_match"], extra_rules=[check_dispatch])
 
 
 def test_secrets_are_redacted_from_the_resolved_recipe(write_recipe):

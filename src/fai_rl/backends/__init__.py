@@ -18,6 +18,11 @@ TRAINERS: dict[tuple[str, str], str] = {
     ("local", "grpo"): "fai_rl.backends.local.grpo",
     ("local", "gspo"): "fai_rl.backends.local.grpo",  # GSPO is GRPO with sequence-level ratios: one module
     ("local", "ppo"): "fai_rl.backends.local.ppo",
+    ("tinker", "sft"): "fai_rl.backends.tinker.sft",
+    ("tinker", "dpo"): "fai_rl.backends.tinker.dpo",
+    ("tinker", "grpo"): "fai_rl.backends.tinker.grpo",
+    ("tinker", "gspo"): "fai_rl.backends.tinker.grpo",  # one module, as on the local backend
+    ("tinker", "ppo"): "fai_rl.backends.tinker.ppo",
 }
 
 

@@ -1,6 +1,7 @@
 """`fai-rl-train`: recipe -> validated once -> (backend, algorithm) module -> artefacts in output_dir.
 
     fai-rl-train --recipe recipes/quickstart/sft.yaml [--num-gpus N] [--nohup] [--dry-run] [--resume [PATH]] [k=v ...]
+    fai-rl-train ... --num-gpus 8 --num-nodes 2 --node-rank {0,1} --main-process-ip 10.0.0.1   # on each node
 
 Any FaiRLError (recipe, data, environment) is printed without a traceback and exits 2; nothing is written to
 output_dir before the recipe, the data and the resume point have all been checked.
@@ -12,7 +13,7 @@ import argparse
 import os
 import sys
 
-from fai_rl.cli.launch import LAUNCHED_ENV, detach, plan_launch, relaunch
+from fai_rl.cli.launch import LAUNCHED_ENV, Nodes, detach, plan_launch, relaunch
 from fai_rl.errors import FaiRLError
 
 EXIT_USAGE = 2
@@ -26,8 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
         "data.datasets[0].name=my/data model.lora_target_modules=[q_proj,v_proj]",
     )
     p.add_argument("--recipe", required=True, help="path of the recipe YAML")
-    p.add_argument("--num-gpus", type=int, default=None, help="GPUs to use: 0 = CPU, 1 = this process, N > 1 = "
-                   "accelerate launch (DDP, or DeepSpeed with training.deepspeed_config). Default: 1 if any, else CPU.")
+    p.add_argument("--num-gpus", type=int, default=None, help="GPUs to use on this node: 0 = CPU, 1 = this process, "
+                   "N > 1 = accelerate launch (DDP, or DeepSpeed with training.deepspeed_config). Default: 1 if any, "
+                   "else CPU.")
+    p.add_argument("--num-processes", type=int, default=None, help="with --num-gpus 0: this many CPU processes "
+                   "(gloo), to try a multi-process launch without GPUs; on GPUs it is always --num-gpus")
+    nodes = p.add_argument_group("several nodes (run the same command on each, changing only --node-rank)")
+    nodes.add_argument("--num-nodes", type=int, default=1, help="machines taking part (default 1)")
+    nodes.add_argument("--node-rank", type=int, default=0, help="this machine's index: 0 on the main node")
+    nodes.add_argument("--main-process-ip", default=None, help="address of the --node-rank 0 machine")
+    nodes.add_argument("--main-process-port", type=int, default=None, help="its port (default 29500 with several "
+                       "nodes; a free one on one node)")
     p.add_argument("--nohup", action="store_true", help="run detached; log and pid file under output_dir/logs/")
     p.add_argument("--dry-run", action="store_true", help="check recipe and data, show examples and the launch; "
                    "train nothing")
@@ -38,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after the flags
     if args.resume is not None and "=" in args.resume:  # `--resume a.b=c`: the override is not a path
         args.overrides.insert(0, args.resume)
         args.resume = "latest"
@@ -65,11 +75,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from fai_rl.config import load_recipe, recipe_to_yaml
     from fai_rl.rewards import check_rewards
 
-    recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards])
+    launched = os.environ.get(LAUNCHED_ENV) == "1"
+    recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards],
+                         processes=int(os.environ.get("WORLD_SIZE", 1)) if launched else _world_size(args))
     check_output_dir(recipe, resuming=args.resume is not None)
     child_argv = [a for a in argv if a != "--nohup"]
-    launched = os.environ.get(LAUNCHED_ENV) == "1"
-    plan = None if launched else plan_launch(recipe, args.num_gpus, child_argv)
+    nodes = Nodes(args.num_nodes, args.node_rank, args.main_process_ip, args.main_process_port)
+    plan = None if launched else plan_launch(recipe, args.num_gpus, child_argv, args.num_processes, nodes)
 
     if args.dry_run:
         module = algorithm_module(recipe)
@@ -89,6 +101,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         os.environ.update(plan.env)  # before torch sees CUDA
         print(f"fai-rl-train: {plan.describe()}", flush=True)
     return _train(recipe, args.resume, algorithm_module(recipe))
+
+
+def _world_size(args: argparse.Namespace) -> int:
+    """Processes over all nodes that the flags ask for (the launch checks that the host can give them)."""
+    per_node = args.num_gpus if args.num_gpus else args.num_processes or 1
+    return max(1, per_node) * max(1, args.num_nodes)
 
 
 def _train(recipe, resume: str | None, module) -> int:

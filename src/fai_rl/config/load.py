@@ -226,7 +226,10 @@ def _check_section(value: Any, cls: type, dotted: str, ctx: _Ctx) -> Any:
         sub_dotted = f"{dotted}.{key}" if dotted else str(key)
         if key not in fields:
             near = _suggest(str(key), list(fields))
-            if near:
+            if _SECRET_KEY.search(str(key)):  # the value is never echoed, and the way to pass it is named
+                hint = ("secrets do not belong in a recipe (it is saved with the run); remove it and set the "
+                        "environment variable instead (TINKER_API_KEY, WANDB_API_KEY, HF_TOKEN).")
+            elif near:
                 hint = f"did you mean {dotted + '.' if dotted else ''}{near}?"
             elif str(key) in _ALL_FIELDS:
                 hint = f"did you mean {_ALL_FIELDS[str(key)]}?"
@@ -340,10 +343,12 @@ def load_recipe(
     path: str | Path,
     overrides: list[str] | None = None,
     extra_rules: list[typing.Callable[[Recipe], list[tuple[str, str]]]] = (),
+    processes: int = 1,
 ) -> Recipe:
     """Read, override, check and type a recipe; raises RecipeError listing every problem at once.
 
     `extra_rules` come from upper layers (e.g. which (backend, algorithm) pairs exist) and report like the others.
+    `processes` is the world size the launch asks for (batch shapes that must divide across processes).
     """
     from fai_rl.config.rules import check_rules  # rules need the typed Recipe; imported here to keep layers one-way
 
@@ -367,7 +372,7 @@ def load_recipe(
     for key, value in ALGORITHM_DEFAULTS.get(recipe.training.algorithm, {}).items():
         if getattr(recipe.training, key) is None:  # null means "the algorithm's default": make it explicit
             setattr(recipe.training, key, value)
-    for key, msg in [*check_rules(recipe), *(p for rule in extra_rules for p in rule(recipe))]:
+    for key, msg in [*check_rules(recipe, processes), *(p for rule in extra_rules for p in rule(recipe))]:
         if not any(key == k or key.startswith((k + ".", k + "[")) for k in ctx.reported):
             ctx.add(key, msg)
     if ctx.problems:

@@ -1,30 +1,34 @@
 """Cross-field and range rules on a typed recipe.
 
 Each rule yields (dotted key, "value; why; fix"). They run after the schema check, so types are right here; they do
-not touch the disk beyond a file's existence and never import torch: a recipe is judged before any model loads.
+not touch the disk beyond a file's existence (and reading a named DeepSpeed JSON) and never import torch: a recipe is
+judged before any model loads. `processes` is the world size the launch flags ask for (all nodes): some batch shapes
+only fit, or not, once it is known.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
-from pathlib import Path
 
+from fai_rl.config.deepspeed import load_deepspeed_config, offloads_params, recipe_conflicts, zero_stage
 from fai_rl.config.schema import DPO_LOSSES, Recipe
 
 Problem = tuple[str, str]
 
 
-def check_rules(recipe: Recipe) -> list[Problem]:
-    """Every cross-field / range problem of a recipe."""
+def check_rules(recipe: Recipe, processes: int = 1) -> list[Problem]:
+    """Every cross-field / range problem of a recipe, for a launch of `processes` processes in all."""
     return [
         *_ranges(recipe),
         *_model_rules(recipe),
         *_data_rules(recipe),
         *_training_rules(recipe),
+        *_deepspeed_rules(recipe),
         *_dpo_rules(recipe),
-        *_grpo_rules(recipe),
+        *_grpo_rules(recipe, processes),
         *_ppo_rules(recipe),
+        *_tinker_rules(recipe),
     ]
 
 
@@ -113,16 +117,45 @@ def _training_rules(r: Recipe) -> Iterator[Problem]:
         )
     if not t.output_dir.strip():
         yield "training.output_dir", "is empty; name a directory for the run's artefacts, e.g. runs/my-run."
-    if t.deepspeed_config is not None:
-        if t.backend == "tinker":
-            yield "training.deepspeed_config", "is set but the Tinker backend does not use DeepSpeed; remove it."
-        elif not Path(t.deepspeed_config).is_file():
-            yield "training.deepspeed_config", (
-                f"'{t.deepspeed_config}' does not exist; give the path of a DeepSpeed JSON config."
-            )
     if t.optim in ("adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit"):
         if t.backend == "tinker":
             yield "training.optim", f"'{t.optim}' has no meaning on the Tinker backend (it uses Adam); remove it."
+
+
+def _deepspeed_rules(r: Recipe) -> Iterator[Problem]:
+    t, m = r.training, r.model
+    if t.deepspeed_config is None:
+        return
+    if t.backend == "tinker":
+        yield "training.deepspeed_config", "is set but the Tinker backend does not use DeepSpeed; remove it."
+        return
+    try:
+        config = load_deepspeed_config(t.deepspeed_config)
+    except ValueError as e:
+        yield "training.deepspeed_config", f"{e}."
+        return
+    yield from recipe_conflicts(r, config)
+    stage = zero_stage(config)
+    quantised = "load_in_4bit" if m.load_in_4bit else "load_in_8bit" if m.load_in_8bit else None
+    if quantised and stage == 3:
+        yield f"model.{quantised}", (
+            f"true with ZeRO-3 (training.deepspeed_config '{t.deepspeed_config}'): ZeRO-3 shards the weights, and "
+            "bitsandbytes' quantised weights cannot be sharded and gathered back; use DDP (remove "
+            "training.deepspeed_config) or training.deepspeed_config=zero2."
+        )
+    if t.algorithm in ("grpo", "gspo") and t.use_vllm and t.vllm_mode == "colocate" and offloads_params(config):
+        yield "training.vllm_mode", (
+            f"'colocate' with '{t.deepspeed_config}', which offloads parameters to CPU: colocated vLLM is sent the "
+            "full weights every step, gathered from the ZeRO-3 shards, which is not supported from offloaded "
+            "parameters; use training.deepspeed_config=zero3 (no offload), or vllm_mode=server."
+        )
+    if t.algorithm == "ppo":
+        for section in ("optimizer", "scheduler"):
+            if section in config:
+                yield "training.deepspeed_config", (
+                    f"'{t.deepspeed_config}' has a \"{section}\" section, but PPO builds its own AdamW and schedule "
+                    "from training.learning_rate and lr_scheduler_type; remove the section from the file."
+                )
 
 
 def _dpo_rules(r: Recipe) -> Iterator[Problem]:
@@ -162,20 +195,22 @@ def _sampling_rules(r: Recipe) -> Iterator[Problem]:
         )
 
 
-def _grpo_rules(r: Recipe) -> Iterator[Problem]:
+def _grpo_rules(r: Recipe, processes: int) -> Iterator[Problem]:
     t = r.training
     if t.algorithm not in ("grpo", "gspo"):
         return
     yield from _sampling_rules(r)
+    # A generation round samples per_device_train_batch_size x processes x steps completions, in whole groups.
+    across = f" x {processes} processes" if processes > 1 else ""
     if t.num_generations < 2:
         yield "training.num_generations", f"{t.num_generations} must be at least 2: advantages compare a group."
     else:
         steps = t.steps_per_generation or t.gradient_accumulation_steps
-        batch = t.per_device_train_batch_size * steps
+        batch = t.per_device_train_batch_size * processes * steps
         if batch % t.num_generations:
             yield "training.num_generations", (
                 f"{t.num_generations} does not divide the generation batch of {batch} completions "
-                f"(per_device_train_batch_size {t.per_device_train_batch_size} x "
+                f"(per_device_train_batch_size {t.per_device_train_batch_size}{across} x "
                 f"{'steps_per_generation' if t.steps_per_generation else 'gradient_accumulation_steps'} {steps}); "
                 "make the batch a multiple of num_generations."
             )
@@ -183,10 +218,10 @@ def _grpo_rules(r: Recipe) -> Iterator[Problem]:
     eval_group = t.num_generations if t.num_generations_eval is None else t.num_generations_eval
     if t.num_generations_eval is not None and t.num_generations_eval < 1:
         yield "training.num_generations_eval", f"{t.num_generations_eval} must be at least 1 (or null: num_generations)."
-    elif has_eval and eval_group >= 1 and t.per_device_eval_batch_size % eval_group:
+    elif has_eval and eval_group >= 1 and (t.per_device_eval_batch_size * processes) % eval_group:
         key = "num_generations" if t.num_generations_eval is None else "num_generations_eval"
         yield "training.per_device_eval_batch_size", (
-            f"{t.per_device_eval_batch_size} is not a multiple of training.{key} ({eval_group}); "
+            f"{t.per_device_eval_batch_size}{across} is not a multiple of training.{key} ({eval_group}); "
             "evaluation samples whole groups too: use a multiple of it."
         )
     if t.epsilon is not None and t.epsilon <= 0:
@@ -235,8 +270,48 @@ def _ppo_rules(r: Recipe) -> Iterator[Problem]:
             f"{t.gradient_accumulation_steps} has no meaning for PPO (each step makes num_ppo_epochs x "
             "num_mini_batches updates); set it to 1 and use training.num_mini_batches."
         )
-    if t.deepspeed_config is not None:
-        yield "training.deepspeed_config", (
-            f"{t.deepspeed_config!r}: PPO runs under plain DDP (accelerate) and does not gather ZeRO shards for its "
-            "checkpoints yet; remove it (LoRA or a smaller critic save memory)."
+
+
+# DPO losses the Tinker backend computes itself (through forward_backward_custom).
+TINKER_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "sft")
+
+
+def _tinker_rules(r: Recipe) -> Iterator[Problem]:
+    t, k = r.training, r.tinker
+    if t.backend != "tinker":
+        return
+    for key in ("save_every", "checkpoint_ttl_s"):
+        value = getattr(k, key)
+        if value is not None and value <= 0:
+            yield f"tinker.{key}", f"{value} must be greater than 0; or null."
+    if k.request_timeout_s <= 0:
+        yield "tinker.request_timeout_s", f"{k.request_timeout_s} must be greater than 0 (seconds)."
+    if k.max_retries < 0:
+        yield "tinker.max_retries", f"{k.max_retries} must be 0 or more."
+    if k.resume_from is not None and not k.resume_from.startswith("tinker://"):
+        yield "tinker.resume_from", (
+            f"'{k.resume_from}' is not a Tinker path; give a tinker://<run>/weights/<name> state path "
+            "(output_dir/checkpoints.json lists them)."
         )
+    if not (k.train_mlp or k.train_attn or k.train_unembed):
+        yield "tinker.train_mlp", "false with train_attn and train_unembed false: LoRA would train nothing."
+    if t.algorithm == "ppo" and r.model.value_model_name:
+        yield "model.value_model_name", (
+            f"'{r.model.value_model_name}': Tinker has no value head, so PPO there learns no critic; remove it "
+            "(advantages use tinker.ppo_baseline), or use training.backend=local for a learned critic."
+        )
+    if t.algorithm == "dpo":
+        for i, loss in enumerate(t.dpo_loss_type):
+            if loss in DPO_LOSSES and loss not in TINKER_DPO_LOSSES:
+                yield f"training.dpo_loss_type[{i}]", (
+                    f"'{loss}' is not offered on the Tinker backend; use one of {', '.join(TINKER_DPO_LOSSES)}, "
+                    "or training.backend=local."
+                )
+    if t.algorithm in ("grpo", "gspo"):
+        if t.use_vllm:
+            yield "training.use_vllm", "true on the Tinker backend, which samples on the service; remove it."
+        if t.steps_per_generation is not None:
+            yield "training.steps_per_generation", (
+                f"{t.steps_per_generation}: the Tinker backend makes one update per sampled batch (num_iterations "
+                "for more passes); remove it."
+            )

@@ -188,7 +188,10 @@ class TrainingConfig:
         help="Evaluate every this many steps; null evaluates only before and after training. Needs eval data.",
     )
     deepspeed_config: Optional[str] = _f(
-        None, help="Path to a DeepSpeed JSON config (used with --num-gpus > 1)."
+        None,
+        help="DeepSpeed instead of DDP: a shipped config (zero1, zero2, zero3, zero3_offload; files in "
+        "recipes/deepspeed/) or the path of your own JSON. Its \"auto\" values (micro batch, gradient accumulation, "
+        "clipping, bf16) are filled from this recipe. Null: DDP.",
     )
     # --- DPO (and the KL strength of GRPO, GSPO and PPO)
     beta: Optional[float] = _f(
@@ -286,7 +289,38 @@ class TinkerConfig:
     """The Tinker backend (hosted training API). The API key comes from TINKER_API_KEY only."""
 
     base_url: Optional[str] = _f(None, help="Service URL (null: the SDK's default, or TINKER_BASE_URL).")
-    lora_rank: int = _f(32, help="LoRA rank of the Tinker training client.")
+    lora_rank: int = _f(32, help="LoRA rank of the Tinker training client (LoRA is implied on Tinker).")
+    train_mlp: bool = _f(True, help="Train LoRA on the MLP layers.")
+    train_attn: bool = _f(True, help="Train LoRA on the attention layers.")
+    train_unembed: bool = _f(True, help="Train LoRA on the unembedding (output) layer.")
+    adam_beta1: float = _f(0.9, help="Adam beta1 of the service's optimizer.")
+    adam_beta2: float = _f(0.95, help="Adam beta2 of the service's optimizer.")
+    adam_eps: float = _f(1e-8, help="Adam epsilon of the service's optimizer.")
+    save_every: Optional[int] = _f(
+        None, help="save_state (weights + optimizer) every this many steps (null: training.save_steps); always at the end."
+    )
+    checkpoint_ttl_s: Optional[int] = _f(
+        None, help="Seconds the service keeps this run's checkpoints (null: the service's default)."
+    )
+    resume_from: Optional[str] = _f(
+        None, help="A tinker://.../weights/... state to start from, with its optimizer (--resume uses checkpoints.json)."
+    )
+    rl_loss: str = _f(
+        "importance_sampling", help="GRPO: the service loss for sampled completions (GSPO always uses a sequence ratio).",
+        choices=("importance_sampling", "ppo"),
+    )
+    ppo_baseline: str = _f(
+        "batch_mean",
+        help="PPO on Tinker has no learned critic (no value head): advantage = reward minus this baseline.",
+        choices=("batch_mean", "ema", "none"),
+    )
+    request_timeout_s: float = _f(
+        600.0, help="Longest wait for one service call before the run stops with the resume path (never a hang)."
+    )
+    max_retries: int = _f(3, help="Retries (with backoff) of calls that are safe to repeat: sampling and saving.")
+    download_final: bool = _f(
+        True, help="Download the final adapter into output_dir/final/ as a PEFT adapter (false: record its path only)."
+    )
 
 
 @dataclass

@@ -1,0 +1,326 @@
+"""What every Tinker algorithm shares: the service session, bounded waits, checkpoints, the learning rate, final/.
+
+The service does the forward/backward passes and the optimizer; this process keeps the data, the sampling logic, the
+rewards and the artefacts. Three rules make runs fast and safe:
+  * submit, then wait: `forward_backward` and `optim_step` are both sent before either is awaited (the service works
+    in clock cycles; waiting in between would cost a cycle per step);
+  * every future is awaited with `tinker.request_timeout_s` (the SDK itself retries 5xx forever): a dead service is a
+    clear error naming the last saved `tinker://` state, never a hang;
+  * calls that are safe to repeat (sampling, saving) are retried `tinker.max_retries` times with backoff first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fai_rl.artifacts import RunDir
+from fai_rl.config.schema import Recipe
+from fai_rl.errors import BackendError, RecipeError
+from fai_rl.models.load import resolve_model_path
+
+CHECKPOINTS_FILE = "checkpoints.json"
+API_KEY_ENV = "TINKER_API_KEY"
+
+
+@dataclass
+class TinkerResume:
+    """Where a run continues: a tinker:// state (weights + optimizer) saved after `step` steps."""
+
+    path: str
+    step: int
+
+
+def check_api_key() -> None:
+    """The key comes from TINKER_API_KEY only (never a recipe); the SDK wants it to start with tml-."""
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key:
+        raise BackendError(
+            f"{API_KEY_ENV} is not set; export your Tinker API key (it is read from the environment only, never from "
+            "a recipe or a file)."
+        )
+    if not key.startswith("tml-"):
+        raise BackendError(f"{API_KEY_ENV} does not look like a Tinker API key (they start with 'tml-').")
+
+
+def base_model(recipe: Recipe) -> str:
+    """The name the service knows the base model by: model.base_model_name as written (e.g. Qwen/Qwen3-4B-Instruct-2507).
+
+    The tokenizer is loaded here from the same name (a built-in fai-rl model from its local directory), so prompts
+    are rendered with the template of the model the service trains.
+    """
+    return recipe.model.base_model_name
+
+
+def find_tinker_resume(recipe: Recipe, resume: str | None) -> TinkerResume | None:
+    """--resume: the last state in output_dir/checkpoints.json (or a given tinker:// path); else tinker.resume_from."""
+    if resume is None:
+        if recipe.tinker.resume_from:
+            return TinkerResume(recipe.tinker.resume_from, 0)  # weights and optimizer only: the step count restarts
+        return None
+    if resume.startswith("tinker://"):
+        step = next((c["step"] for c in read_checkpoints(recipe) if c["path"] == resume), 0)
+        return TinkerResume(resume, step)
+    if resume != "latest":
+        raise RecipeError(f"--resume: '{resume}' is not a tinker:// state; on the Tinker backend pass --resume alone "
+                          f"(the last state in {CHECKPOINTS_FILE}) or a tinker://<run>/weights/<name> path.")
+    states = [c for c in read_checkpoints(recipe) if c["kind"] == "state"]
+    if not states:
+        raise RecipeError(
+            f"--resume: no saved Tinker state in {Path(recipe.training.output_dir) / CHECKPOINTS_FILE}; run without "
+            "--resume to start, or set tinker.resume_from to a tinker:// state."
+        )
+    return TinkerResume(states[-1]["path"], int(states[-1]["step"]))
+
+
+def read_checkpoints(recipe: Recipe) -> list[dict]:
+    path = Path(recipe.training.output_dir) / CHECKPOINTS_FILE
+    return json.loads(path.read_text())["checkpoints"] if path.exists() else []
+
+
+def learning_rate(recipe: Recipe, step: int, total: int) -> float:
+    """The recipe's schedule at optimizer step `step` (0-based): linear warm-up, then constant, linear or cosine."""
+    t = recipe.training
+    peak = t.learning_rate
+    if step < t.warmup_steps:
+        return peak * (step + 1) / (t.warmup_steps + 1)
+    kind = t.lr_scheduler_type.removesuffix("_with_warmup")
+    if kind == "constant":
+        return peak
+    progress = (step - t.warmup_steps) / max(1, total - t.warmup_steps)
+    if kind == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return peak * max(0.0, 1 - progress)  # linear, and the default for other schedules
+
+
+class TinkerSession:
+    """One training run on the service: the clients, bounded waits, checkpoints.json and final/."""
+
+    def __init__(self, recipe: Recipe, run: RunDir, resume: TinkerResume | None):
+        import tinker
+
+        self.recipe, self.run, self.k = recipe, run, recipe.tinker
+        self.last_state: str | None = resume.path if resume else None
+        self.service = tinker.ServiceClient(base_url=self.k.base_url)
+        self.training = self._training_client(resume)
+        self.tinker = tinker
+
+    # ---- waiting
+
+    def wait(self, future: Any, what: str) -> Any:
+        """future.result() within request_timeout_s, or one clear error naming the last saved state."""
+        try:
+            return _result(future, self.k.request_timeout_s)
+        except Exception as e:  # noqa: BLE001 - every SDK failure ends the run the same way
+            raise self.failure(what, e) from None
+
+    def retry(self, call: Callable[[], Any], what: str) -> Any:
+        """Submit and wait, up to 1 + max_retries times with backoff, for calls that are safe to repeat."""
+        for attempt in range(self.k.max_retries + 1):
+            try:
+                return _result(call(), self.k.request_timeout_s)
+            except Exception as e:  # noqa: BLE001
+                if attempt == self.k.max_retries:
+                    raise self.failure(what, e) from None
+                time.sleep(min(30.0, 2.0**attempt))
+        raise AssertionError("unreachable")
+
+    def failure(self, what: str, error: BaseException) -> BackendError:
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        if isinstance(error, TimeoutError):
+            reason = f"no answer within tinker.request_timeout_s={self.k.request_timeout_s:g} s"
+        where = (f"the last saved state is {self.last_state}; continue with --resume (or tinker.resume_from="
+                 f"{self.last_state})") if self.last_state else "no state was saved yet; start the run again"
+        return BackendError(f"Tinker: {what} failed ({reason[:300]}); {where}.")
+
+    # ---- clients
+
+    def _training_client(self, resume: TinkerResume | None):
+        k = self.k
+        future = self.service.create_lora_training_client(
+            base_model=base_model(self.recipe), rank=k.lora_rank, seed=self.recipe.training.seed,
+            train_mlp=k.train_mlp, train_attn=k.train_attn, train_unembed=k.train_unembed,
+        )
+        client = self.wait(future, f"creating a LoRA training client for {base_model(self.recipe)!r}")
+        if resume is not None:
+            self.wait(client.load_state_with_optimizer(resume.path), f"loading state {resume.path}")
+            print(f"tinker: resumed from {resume.path} (step {resume.step}), optimizer state included", flush=True)
+        return client
+
+    def adam(self, step: int, total: int):
+        t = self.recipe.training
+        return self.tinker.types.AdamParams(
+            learning_rate=learning_rate(self.recipe, step, total), beta1=self.k.adam_beta1, beta2=self.k.adam_beta2,
+            eps=self.k.adam_eps, weight_decay=t.weight_decay, grad_clip_norm=t.max_grad_norm,
+        )
+
+    def sampling_client(self, name: str):
+        """A sampler on the current weights (the service saves them under `name`)."""
+        return self.retry(lambda: self.training.save_weights_and_get_sampling_client(name),
+                          f"saving sampler weights {name}")
+
+    # ---- checkpoints
+
+    def save_state(self, step: int) -> str:
+        """save_state (weights + optimizer), recorded in checkpoints.json; the path --resume continues from."""
+        name = f"step-{step:06d}"
+        saved = self.retry(lambda: self.training.save_state(name), f"save_state {name}")
+        self.last_state = saved.path
+        self._record("state", step, saved.path)
+        return saved.path
+
+    def _record(self, kind: str, step: int, path: str) -> None:
+        file = self.run.path / CHECKPOINTS_FILE
+        entries = json.loads(file.read_text())["checkpoints"] if file.exists() else []
+        entries = [e for e in entries if e["step"] <= step or e["kind"] != kind]  # a resumed run rewrites the tail
+        entries.append({"kind": kind, "step": step, "path": path, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        tmp = file.with_suffix(".json.partial")
+        tmp.write_text(json.dumps({"base_model": self.recipe.model.base_model_name, "checkpoints": entries},
+                                  indent=2) + "\n")
+        os.replace(tmp, file)
+        if self.k.checkpoint_ttl_s:
+            rest = self.service.create_rest_client()
+            self.wait(rest.set_checkpoint_ttl_from_tinker_path(path, self.k.checkpoint_ttl_s), f"setting TTL of {path}")
+
+    def finish(self, step: int, tokenizer) -> Path | None:
+        """The final state, sampler weights, and final/ (the adapter downloaded as a PEFT dir, when asked)."""
+        if self.last_state is None or not self.last_state.endswith(f"step-{step:06d}"):
+            self.save_state(step)
+        sampler = self.retry(lambda: self.training.save_weights_for_sampler("final"), "save_weights_for_sampler")
+        self._record("sampler", step, sampler.path)
+        print(f"tinker: final state {self.last_state}\ntinker: final sampler weights {sampler.path}", flush=True)
+        if not self.k.download_final:
+            return None
+        return download_adapter(self, tokenizer, step)
+
+    def close(self) -> None:
+        try:
+            self.service.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+def _result(future: Any, timeout: float) -> Any:
+    """Some SDK calls return a future, some (newer back-compat wrappers) the object itself."""
+    return future.result(timeout=timeout) if hasattr(future, "result") else future
+
+
+def download_adapter(session: TinkerSession, tokenizer, step: int) -> Path:
+    """output_dir/final: the weights exported in Hugging Face (PEFT adapter) format and downloaded file by file.
+
+    As `tinker checkpoint download` does: `save_weights_external` on the service, then one signed URL per file
+    (`get_external_weights_urls`). Written into a staging dir and renamed into place, so final/ is never half-written.
+    """
+    export = session.retry(lambda: session.training.save_weights_external("final"), "exporting the final adapter")
+    rest = session.service.create_rest_client()
+    listing = session.wait(rest.get_external_weights_urls(export.path), f"listing the files of {export.path}")
+    out = session.run.path
+    staging = out / ".final.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, url in sorted(listing.urls.items()):
+        dest = (staging / name).resolve()
+        if not dest.is_relative_to(staging.resolve()):
+            raise BackendError(f"Tinker: the export {export.path} names an unsafe file path {name!r}; not written.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=session.k.request_timeout_s) as response, dest.open("wb") as fh:
+                shutil.copyfileobj(response, fh)
+        except OSError as e:
+            raise session.failure(f"downloading {name} of {export.path}", e) from None
+    _complete_adapter_config(staging, resolve_model_path(session.recipe.model.base_model_name))
+    tokenizer.save_pretrained(staging)
+    note = {
+        "base_model_name": session.recipe.model.base_model_name,
+        "base_model_path": resolve_model_path(session.recipe.model.base_model_name),
+        "kind": "peft_adapter",
+        "backend": "tinker",
+        "algorithm": session.recipe.training.algorithm,
+        "global_step": step,
+        "tinker_state_path": session.last_state,
+        "tinker_export_path": export.path,
+        "load_with": "peft.AutoPeftModelForCausalLM.from_pretrained(final_dir)",
+    }
+    (staging / "fai_rl.json").write_text(json.dumps(note, indent=2) + "\n")
+    shutil.rmtree(out / "final", ignore_errors=True)
+    os.replace(staging, out / "final")
+    return out / "final"
+
+
+def _complete_adapter_config(adapter_dir: Path, base_path: str) -> None:
+    """Make the exported adapter_config.json load as what was trained, with PEFT's Auto classes.
+
+    target_modules: filled from the tensor names when the export leaves it null; PEFT reads null as its
+    per-architecture default (q_proj, v_proj for Qwen3) and would silently load part of an adapter trained on every
+    linear layer (seen with the local test server's export). task_type CAUSAL_LM when missing, and the base model
+    as a path this machine can load (a built-in fai-rl model's local directory).
+    """
+    config_path = adapter_dir / "adapter_config.json"
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not (config_path.exists() and weights.exists()):
+        return
+    config = json.loads(config_path.read_text())
+    if not config.get("target_modules"):
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            names = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys() if ".lora_" in key}
+        config["target_modules"] = sorted(names)
+    config["task_type"] = config.get("task_type") or "CAUSAL_LM"
+    config["base_model_name_or_path"] = base_path
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def datum(tinker, tokens: list[int], **per_target: list[float] | list[int]):
+    """A Datum with the standard shift: input = tokens[:-1]; every loss input is aligned with tokens[1:]."""
+    import torch
+
+    inputs = {"target_tokens": tinker.TensorData.from_torch(torch.tensor(tokens[1:], dtype=torch.int64))}
+    for name, values in per_target.items():
+        if len(values) != len(tokens) - 1:
+            raise ValueError(f"{name}: {len(values)} values for {len(tokens) - 1} targets")
+        inputs[name] = tinker.TensorData.from_torch(torch.tensor(values, dtype=torch.float32))
+    return tinker.Datum(model_input=tinker.ModelInput.from_ints(tokens[:-1]), loss_fn_inputs=inputs)
+
+
+def target_logprobs(output, index: int) -> list[float]:
+    """Per-target log-probs of datum `index` from a forward/forward_backward output."""
+    return output.loss_fn_outputs[index]["logprobs"].to_torch().tolist()
+
+
+def batches(examples: list, size: int, seed: int, start: int, total: int):
+    """Batch `step` for step in [start, total): seeded epochs of shuffled examples, the same on a resumed run."""
+    order: list[int] = []
+    epoch = 0
+    for step in range(total):
+        picked = []
+        while len(picked) < size:
+            if not order:
+                order = list(range(len(examples)))
+                random.Random(seed + epoch).shuffle(order)
+                epoch += 1
+            picked.append(order.pop())
+        if step >= start:
+            yield step, [examples[i] for i in picked]
+
+
+class StepLog:
+    """Prints the compact step lines the local backend prints, and appends metrics.jsonl rows."""
+
+    def __init__(self, run: RunDir, total: int, headline: tuple[str, ...]):
+        self.run, self.total, self.headline = run, total, headline
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        self.run.log_metrics(step, metrics)
+        shown = {k: v for k, v in metrics.items() if k in self.headline and isinstance(v, (int, float))}
+        if shown:
+            body = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+            print(f"step {step}/{self.total}  {body}", flush=True)

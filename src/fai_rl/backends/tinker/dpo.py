@@ -1,0 +1,206 @@
+"""Direct Preference Optimization on the Tinker backend: reference log-probs from a snapshot, the loss computed here.
+
+DPO (Rafailov et al., 2023) compares the policy's log-ratio of chosen over rejected against a frozen reference. On
+Tinker the reference is a sampler on the weights at the start (`save_weights_and_get_sampling_client`, before any
+update), queried once per pair with `compute_logprobs`; the policy's log-probs come from `forward_backward_custom`,
+which hands our loss (fai_rl.rl_math.dpo_losses: sigmoid with label smoothing, hinge, ipo, sft) the per-token
+log-probs and sends its gradient back. Held-out pairs are scored with `forward` for eval_rewards/accuracies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fai_rl.artifacts import RunDir
+from fai_rl.backends.tinker.common import (
+    StepLog,
+    TinkerResume,
+    TinkerSession,
+    base_model,
+    batches,
+    check_api_key,
+    datum,
+    find_tinker_resume,
+)
+from fai_rl.config.schema import Recipe
+from fai_rl.data.rl import load_preference_rows
+from fai_rl.models.load import load_tokenizer
+from fai_rl.rl_math import dpo_losses
+
+HEADLINE = ("loss", "eval_loss", "rewards/accuracies", "rewards/margins", "eval_rewards/accuracies",
+            "eval_rewards/margins")
+
+
+@dataclass
+class Pair:
+    """One preference pair as token ids: the shared prompt, then each reply (with its end-of-turn token)."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+
+@dataclass
+class PreparedDPO:
+    tokenizer: object
+    train: list[Pair]
+    eval: list[Pair]
+    rows: list[dict]  # the first train rows, for --dry-run
+    resume: TinkerResume | None
+
+
+def prepare(recipe: Recipe, resume: str | None) -> PreparedDPO:
+    check_api_key()
+    resume_point = find_tinker_resume(recipe, resume)
+    tokenizer = load_tokenizer(recipe.model)
+    train, evaluation = load_preference_rows(recipe)
+    to_pair = _pair_tokens(tokenizer, recipe.data.max_length)
+    return PreparedDPO(tokenizer, [to_pair(r) for r in train], [to_pair(r) for r in evaluation], train[:2],
+                       resume_point)
+
+
+def _pair_tokens(tokenizer, max_length: int):
+    def render(messages, generation_prompt=False):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
+                                             return_dict=True)["input_ids"]
+
+    def to_pair(row: dict) -> Pair:
+        prompt = render(row["prompt"], generation_prompt=True)
+        replies = []
+        for side in ("chosen", "rejected"):
+            full = render(row["prompt"] + row[side])
+            reply = full[len(prompt) :] if full[: len(prompt)] == prompt else full[len(prompt) :]
+            replies.append(reply[: max(1, max_length - len(prompt))])
+        return Pair(prompt[-(max_length - 1) :], *replies)
+
+    return to_pair
+
+
+def describe(recipe: Recipe, prepared: PreparedDPO) -> str:
+    t, tok = recipe.training, prepared.tokenizer
+    lines = [f"train: {len(prepared.train)} pairs; eval: {len(prepared.eval)} pairs",
+             f"loss: {' + '.join(t.dpo_loss_type)} with beta {t.beta}; reference: a snapshot of the start weights "
+             f"on the service; LoRA rank {recipe.tinker.lora_rank}"]
+    for n, pair in enumerate(prepared.train[:2], start=1):
+        lines.append(f"--- pair {n}: prompt {tok.decode(pair.prompt)!r}")
+        lines.append(f"    chosen {tok.decode(pair.chosen)!r}  rejected {tok.decode(pair.rejected)!r}")
+    if prepared.resume is not None:
+        lines.append(f"resume: from {prepared.resume.path} (step {prepared.resume.step})")
+    return "\n".join(lines)
+
+
+def _data(tinker, pairs: list[Pair]):
+    """Two datums per pair (chosen, rejected), weights 1 on the reply's targets."""
+    out = []
+    for p in pairs:
+        for reply in (p.chosen, p.rejected):
+            out.append(datum(tinker, p.prompt + reply, weights=[0.0] * (len(p.prompt) - 1) + [1.0] * len(reply)))
+    return out
+
+
+def _reply_logps(logprobs_t: torch.Tensor, pair: Pair, reply: list[int]) -> torch.Tensor:
+    start = len(pair.prompt) - 1
+    return logprobs_t[start : start + len(reply)].sum()
+
+
+def _reference(session: TinkerSession, reference, pairs: list[Pair], cache: dict) -> dict[int, tuple[float, float]]:
+    """Summed reference log-probs of (chosen, rejected) by pair id, for the pairs not yet in `cache`.
+
+    Asked for lazily, batch by batch (a pair is scored once), with every request sent before any is awaited.
+    """
+    tinker = session.tinker
+    todo = [p for p in pairs if id(p) not in cache]
+    futures = [(reference.compute_logprobs(tinker.ModelInput.from_ints(p.prompt + p.chosen)),
+                reference.compute_logprobs(tinker.ModelInput.from_ints(p.prompt + p.rejected))) for p in todo]
+    for p, (fc, fr) in zip(todo, futures, strict=True):
+        chosen = session.wait(fc, "reference log-probs")[len(p.prompt) :]
+        rejected = session.wait(fr, "reference log-probs")[len(p.prompt) :]
+        cache[id(p)] = (sum(float(x) for x in chosen), sum(float(x) for x in rejected))
+    return cache
+
+
+def _loss(recipe: Recipe, pairs: list[Pair], ref: dict, logps_list: list[torch.Tensor]):
+    t = recipe.training
+    chosen = torch.stack([_reply_logps(logps_list[2 * i], p, p.chosen) for i, p in enumerate(pairs)])
+    rejected = torch.stack([_reply_logps(logps_list[2 * i + 1], p, p.rejected) for i, p in enumerate(pairs)])
+    ref_c = torch.tensor([ref[id(p)][0] for p in pairs])
+    ref_r = torch.tensor([ref[id(p)][1] for p in pairs])
+    return dpo_losses(chosen, rejected, ref_c, ref_r, beta=t.beta, loss_types=list(t.dpo_loss_type),
+                      loss_weights=t.dpo_loss_weights, label_smoothing=t.label_smoothing,
+                      chosen_lengths_b=torch.tensor([float(len(p.chosen)) for p in pairs]))
+
+
+def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
+    t = recipe.training
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    total = t.max_steps or max(1, int(t.num_train_epochs * len(prepared.train) // batch))
+    start = prepared.resume.step if prepared.resume else 0
+    session = TinkerSession(recipe, run, prepared.resume)
+    tinker, log = session.tinker, StepLog(run, total, HEADLINE)
+    save_every = recipe.tinker.save_every or t.save_steps
+    began, tokens = time.time(), 0
+    try:
+        # The reference: a snapshot of the weights before any update; a resumed run goes back to the base weights.
+        if start == 0:
+            reference = session.sampling_client("reference")
+        else:
+            reference = session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
+                                     "creating the reference sampler (base weights)")
+        ref: dict[int, tuple[float, float]] = {}
+
+        def evaluate(step: int) -> None:
+            if not prepared.eval:
+                return
+            rows, losses = [], []
+            for i in range(0, len(prepared.eval), t.per_device_eval_batch_size):
+                chunk = prepared.eval[i : i + t.per_device_eval_batch_size]
+                _reference(session, reference, chunk, ref)
+                out = session.wait(session.training.forward(_data(tinker, chunk), "cross_entropy"),
+                                   f"evaluating at step {step}")
+                logps = [o["logprobs"].to_torch() for o in out.loss_fn_outputs]
+                loss, metrics = _loss(recipe, chunk, ref, logps)
+                rows.append((len(chunk), metrics))
+                losses.append(loss.item() * len(chunk))
+            n = sum(size for size, _ in rows)
+            merged = {f"eval_{k}": sum(size * m[k] for size, m in rows) / n for k in rows[0][1]}
+            log(step, {"eval_loss": sum(losses) / n, **merged})
+
+        if start == 0:
+            evaluate(0)
+        for step, picked in batches(prepared.train, batch, t.seed, start, total):
+            _reference(session, reference, picked, ref)
+            seen: dict = {}
+
+            def loss_fn(data, logps_list, pairs=picked, seen=seen):
+                loss, metrics = _loss(recipe, pairs, ref, list(logps_list))
+                seen.update(metrics, loss=loss.item())
+                return loss, metrics
+
+            fb = session.training.forward_backward_custom(_data(tinker, picked), loss_fn)
+            opt = session.training.optim_step(session.adam(step, total))
+            session.wait(fb, f"forward_backward at step {step + 1}")
+            session.wait(opt, f"optim_step at step {step + 1}")
+            tokens += sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in picked)
+            done = step + 1
+            if done % t.logging_steps == 0 or done == total or done == start + 1:
+                log(done, {**seen, "learning_rate": session.adam(step, total).learning_rate})
+            if t.eval_steps and done % t.eval_steps == 0 and done != total:
+                evaluate(done)
+            if done % save_every == 0 and done != total:
+                session.save_state(done)
+        evaluate(total)
+        runtime = time.time() - began
+        final = session.finish(total, prepared.tokenizer)
+    finally:
+        session.close()
+    return run.write_summary(
+        algorithm="dpo", backend="tinker", global_step=total,
+        resumed_from_step=prepared.resume.step if prepared.resume else None,
+        train_runtime_s=round(runtime, 2), train_tokens=tokens,
+        tokens_per_s=round(tokens / runtime, 1) if runtime else None,
+        final_dir=str(final) if final else None, tinker_state=session.last_state,
+    )
+

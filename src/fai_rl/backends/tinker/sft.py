@@ -1,0 +1,132 @@
+"""Supervised fine-tuning on the Tinker backend: the service's `cross_entropy` loss with per-token weights.
+
+The data are tokenised and masked exactly as on the local backend (fai_rl.data.tokenize), so `--dry-run` shows the
+same `[[loss-carrying]]` text; a token's weight is 1 where the local labels carry the loss and 0 elsewhere. The loss
+logged is the mean negative log-likelihood per weighted token, as the local backend reports it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fai_rl.artifacts import RunDir
+from fai_rl.backends.tinker.common import (
+    StepLog,
+    TinkerResume,
+    batches,
+    TinkerSession,
+    check_api_key,
+    datum,
+    find_tinker_resume,
+    target_logprobs,
+)
+from fai_rl.config.schema import Recipe
+from fai_rl.data.prepare import SFTData, prepare_sft_data
+from fai_rl.data.tokenize import IGNORE, Tokenized
+from fai_rl.models.load import load_tokenizer
+
+HEADLINE = ("loss", "eval_loss", "learning_rate")
+
+
+@dataclass
+class PreparedSFT:
+    tokenizer: object
+    data: SFTData
+    resume: TinkerResume | None
+
+
+def prepare(recipe: Recipe, resume: str | None) -> PreparedSFT:
+    """API key, tokenizer, tokenised data and the resume point; nothing is written and the service is not called."""
+    check_api_key()
+    resume_point = find_tinker_resume(recipe, resume)
+    tokenizer = load_tokenizer(recipe.model)
+    return PreparedSFT(tokenizer, prepare_sft_data(recipe, tokenizer), resume_point)
+
+
+def describe(recipe: Recipe, prepared: PreparedSFT) -> str:
+    from fai_rl.backends.local.sft import describe as describe_local
+
+    k = recipe.tinker
+    return describe_local(recipe, prepared) + (
+        f"\ntinker: LoRA rank {k.lora_rank} on {recipe.model.base_model_name}; loss cross_entropy with the weights "
+        f"above; state saved every {k.save_every or recipe.training.save_steps} steps and at the end"
+    )
+
+
+def to_datum(tinker, example: Tokenized):
+    weights = [0.0 if label == IGNORE else 1.0 for label in example.labels[1:]]
+    return datum(tinker, example.input_ids, weights=weights)
+
+
+def mean_nll(output, batch: list[Tokenized]) -> tuple[float, int]:
+    """(mean NLL per weighted token, weighted tokens) from a forward output's per-token logprobs."""
+    total, count = 0.0, 0
+    for i, example in enumerate(batch):
+        for lp, label in zip(target_logprobs(output, i), example.labels[1:], strict=True):
+            if label != IGNORE:
+                total -= lp
+                count += 1
+    return total / max(1, count), count
+
+
+def total_steps(recipe: Recipe, n_examples: int, batch: int) -> int:
+    t = recipe.training
+    return t.max_steps or max(1, int(t.num_train_epochs * n_examples // batch))
+
+
+def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
+    t, data = recipe.training, prepared.data
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    total = total_steps(recipe, len(data.train), batch)
+    start = prepared.resume.step if prepared.resume else 0
+    session = TinkerSession(recipe, run, prepared.resume)
+    tinker = session.tinker
+    log = StepLog(run, total, HEADLINE)
+    save_every = recipe.tinker.save_every or t.save_steps
+
+    def evaluate(step: int) -> None:
+        if not data.eval:
+            return
+        nll, tokens = 0.0, 0
+        for i in range(0, len(data.eval), t.per_device_eval_batch_size):
+            chunk = data.eval[i : i + t.per_device_eval_batch_size]
+            out = session.wait(session.training.forward([to_datum(tinker, e) for e in chunk], "cross_entropy"),
+                               f"evaluating at step {step}")
+            mean, n = mean_nll(out, chunk)
+            nll, tokens = nll + mean * n, tokens + n
+        log(step, {"eval_loss": nll / max(1, tokens)})
+
+    began, trained_tokens, step = time.time(), 0, start
+    try:
+        if start == 0:
+            evaluate(0)
+        for step, examples in batches(data.train, batch, t.seed, start, total):
+            step_began = time.time()
+            fb = session.training.forward_backward([to_datum(tinker, e) for e in examples], "cross_entropy")
+            opt = session.training.optim_step(session.adam(step, total))  # submitted before either is awaited
+            out = session.wait(fb, f"forward_backward at step {step + 1}")
+            session.wait(opt, f"optim_step at step {step + 1}")
+            loss, n = mean_nll(out, examples)
+            trained_tokens += sum(len(e.input_ids) for e in examples)
+            done = step + 1
+            if done % t.logging_steps == 0 or done == total or done == start + 1:
+                log(done, {"loss": loss, "learning_rate": session.adam(step, total).learning_rate,
+                           "loss_tokens": n, "step_time_s": time.time() - step_began})
+            if t.eval_steps and done % t.eval_steps == 0 and done != total:
+                evaluate(done)
+            if done % save_every == 0 and done != total:
+                session.save_state(done)
+        step = total
+        evaluate(total)
+        runtime = time.time() - began
+        final = session.finish(total, prepared.tokenizer)
+    finally:
+        session.close()
+    return run.write_summary(
+        algorithm="sft", backend="tinker", global_step=total,
+        resumed_from_step=prepared.resume.step if prepared.resume else None,
+        train_runtime_s=round(runtime, 2), train_tokens=trained_tokens,
+        tokens_per_s=round(trained_tokens / runtime, 1) if runtime else None,
+        final_dir=str(final) if final else None, tinker_state=session.last_state,
+    )

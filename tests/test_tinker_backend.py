@@ -1,0 +1,186 @@
+"""The Tinker backend end to end, through the CLI, against a real Tinker-API server on 127.0.0.1 (tests/tinker_harness).
+
+The quickstart recipes run with `training.backend=tinker` on the built-in fai-rl/tiny-sft (the server's base model),
+LoRA rank 8 (the local server's limit). What is asserted is what a user sees: metrics.jsonl, summary.json,
+checkpoints.json, final/ and the exit code with its message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+from fai_rl.cli.train import main
+
+pytestmark = [pytest.mark.tinker, pytest.mark.slow]
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def tinker_env(tinker_server, monkeypatch):
+    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    return tinker_server
+
+
+def run(algorithm: str, out, server, *overrides: str) -> int:
+    recipe = ROOT / "recipes" / "quickstart" / f"{algorithm}.yaml"
+    return main(["--recipe", str(recipe), "training.backend=tinker", f"tinker.base_url={server.base_url}",
+                 "model.base_model_name=fai-rl/tiny-sft", "tinker.lora_rank=8", f"training.output_dir={out}",
+                 *overrides])
+
+
+def test_sft_loss_falls_checkpoints_are_listed_and_the_adapter_loads_and_merges(tmp_path, tinker_env):
+    out = tmp_path / "sft"
+    began = time.time()
+    assert run("sft", out, tinker_env, "training.max_steps=12", "training.eval_steps=null",
+               "training.logging_steps=4", "training.learning_rate=3e-3", "training.warmup_steps=0",
+               "tinker.save_every=6", "data.eval_datasets[0].max_samples=32") == 0
+    wall = time.time() - began
+    rows = metrics(out)
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) == 2 and evals[-1] < 0.8 * evals[0], evals
+    assert [r["step"] for r in rows if "loss" in r] == [1, 4, 8, 12]
+    listed = json.loads((out / "checkpoints.json").read_text())["checkpoints"]
+    assert [(c["kind"], c["step"]) for c in listed] == [("state", 6), ("state", 12), ("sampler", 12)]
+    assert all(c["path"].startswith("tinker://") for c in listed)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "tinker" and summary["global_step"] == 12
+    assert summary["tinker_state"] == listed[1]["path"]
+    # final/: a PEFT adapter on the base model; merged, it gives the adapter model's logits.
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    note = json.loads((out / "final" / "fai_rl.json").read_text())
+    assert note["kind"] == "peft_adapter" and note["backend"] == "tinker" and note["tinker_export_path"]
+    model = AutoPeftModelForCausalLM.from_pretrained(out / "final")
+    ids = torch.tensor([[256 + 1, 117, 115, 101, 114, 10, 87, 104]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        merged = model.merge_and_unload()(input_ids=ids).logits
+    assert torch.allclose(adapted, merged, atol=1e-4)
+    print(f"\ntinker SFT: eval_loss {evals[0]:.3f} -> {evals[-1]:.3f}, wall {wall:.0f} s")
+
+
+def test_resume_continues_from_the_last_recorded_state_with_its_optimizer(tmp_path, tinker_env, capsys):
+    out = tmp_path / "resume"
+    common = ("training.eval_steps=null", "training.logging_steps=1", "training.learning_rate=5e-3",
+              "training.lr_scheduler_type=constant", "training.warmup_steps=0", "tinker.save_every=2",
+              "tinker.download_final=false", "data.eval_datasets=[]")
+    assert run("sft", out, tinker_env, "training.max_steps=4", *common) == 0
+    states = [c for c in json.loads((out / "checkpoints.json").read_text())["checkpoints"] if c["kind"] == "state"]
+    assert [c["step"] for c in states] == [2, 4]
+    capsys.readouterr()
+    assert run("sft", out, tinker_env, "--resume", "training.max_steps=7", *common) == 0
+    printed = capsys.readouterr().out
+    assert f"resumed from {states[-1]['path']} (step 4), optimizer state included" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 4 and summary["global_step"] == 7
+    steps = [r["step"] for r in metrics(out) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # nothing logged twice, nothing skipped
+
+
+def test_grpo_raises_the_reward_of_the_prompts_it_trains_on(tmp_path, tinker_env):
+    # An easy task for a short run: 16 problems, trained on and evaluated on (8 samples each, before and after).
+    out = tmp_path / "grpo"
+    began = time.time()
+    assert run("grpo", out, tinker_env, "training.max_steps=12", "training.eval_steps=null",
+               "training.logging_steps=1", "training.learning_rate=1e-3", "training.per_device_train_batch_size=64",
+               "training.num_generations=4", "training.num_generations_eval=8",
+               "training.per_device_eval_batch_size=128", "tinker.download_final=false",
+               "data.datasets[0].max_samples=16", "data.eval_datasets[0].split=train",
+               "data.eval_datasets[0].max_samples=16") == 0
+    wall = time.time() - began
+    rows = metrics(out)
+    evals = [r["eval_reward"] for r in rows if "eval_reward" in r]
+    train = [r["reward"] for r in rows if "reward" in r]
+    first, last = sum(train[:3]) / 3, sum(train[-3:]) / 3
+    assert evals[-1] > evals[0] + 0.15 and last > first, (train, evals)
+    assert all("rewards/exact_match/mean" in r and r["step_time_s"] > 0 for r in rows if "reward" in r)
+    print(f"\ntinker GRPO: train reward {first:.3f} -> {last:.3f}, eval_reward {evals[0]:.3f} -> {evals[-1]:.3f}, "
+          f"wall {wall:.0f} s")
+
+
+def test_dpo_margin_and_accuracy_rise(tmp_path, tinker_env):
+    out = tmp_path / "dpo"
+    began = time.time()
+    assert run("dpo", out, tinker_env, "training.max_steps=10", "training.eval_steps=null",
+               "training.logging_steps=5", "training.learning_rate=1e-3", "tinker.download_final=false",
+               "data.datasets[0].max_samples=64", "data.eval_datasets[0].max_samples=32",
+               "training.per_device_eval_batch_size=64") == 0
+    wall = time.time() - began
+    evals = [r for r in metrics(out) if "eval_rewards/margins" in r]
+    assert evals[0]["eval_rewards/margins"] == pytest.approx(0, abs=1e-3)  # the policy starts as the reference
+    assert evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"] + 0.02
+    assert evals[-1]["eval_rewards/accuracies"] > 0.5 > evals[0]["eval_rewards/accuracies"]
+    print(f"\ntinker DPO: margin {evals[0]['eval_rewards/margins']:.3f} -> {evals[-1]['eval_rewards/margins']:.3f}, "
+          f"accuracy -> {evals[-1]['eval_rewards/accuracies']:.3f}, wall {wall:.0f} s")
+
+
+@pytest.mark.parametrize("algorithm", ["gspo", "ppo"])
+def test_gspo_and_ppo_run_and_log_what_they_optimise(tmp_path, tinker_env, algorithm, capsys):
+    out = tmp_path / algorithm
+    extra = ("training.num_generations=4", "training.per_device_train_batch_size=16") if algorithm == "gspo" else (
+        "training.per_device_train_batch_size=16", "training.num_ppo_epochs=2")
+    assert run(algorithm, out, tinker_env, "training.max_steps=3", "training.eval_steps=null",
+               "training.logging_steps=1", "tinker.download_final=false", "data.eval_datasets=[]", *extra) == 0
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(0 <= r["reward"] <= 1 for r in rows)
+    if algorithm == "ppo":
+        assert "no learned critic on Tinker (no value head)" in capsys.readouterr().out
+        assert "no value head" in json.loads((out / "summary.json").read_text())["critic"]
+
+
+def test_a_killed_server_stops_the_run_with_the_resume_path_within_bounded_time(tmp_path):
+    from tinker_harness.server import TinkerServer
+
+    out = tmp_path / "fault"
+    with TinkerServer() as server:
+        cmd = [sys.executable, "-m", "fai_rl.cli.train", "--recipe", str(ROOT / "recipes/quickstart/sft.yaml"),
+               "training.backend=tinker", f"tinker.base_url={server.base_url}", "model.base_model_name=fai-rl/tiny-sft",
+               "tinker.lora_rank=8", f"training.output_dir={out}", "training.max_steps=100000",
+               "training.eval_steps=null", "tinker.save_every=2", "tinker.request_timeout_s=20",
+               "tinker.max_retries=1", "data.eval_datasets=[]"]
+        env = {**os.environ, "TINKER_API_KEY": server.api_key, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while not (out / "checkpoints.json").exists():
+            assert proc.poll() is None and time.time() < deadline, "no state saved"
+            time.sleep(0.5)
+        server.kill()
+        killed = time.time()
+        _, err = proc.communicate(timeout=180)
+        took = time.time() - killed
+    assert proc.returncode == 2 and "Traceback" not in err
+    state = json.loads((out / "checkpoints.json").read_text())["checkpoints"][-1]["path"]
+    assert "Tinker:" in err and state.split("/step-")[0] in err and "--resume" in err, err
+    assert took < 120, took
+    assert not (out / "final").exists()
+    print(f"\ntinker fault: the run stopped {took:.0f} s after the server died: {err.strip()[:200]}")
+
+
+def test_missing_api_key_and_bad_tinker_keys_are_clear_errors_before_any_call(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    recipe = str(ROOT / "recipes/quickstart/sft.yaml")
+    assert main(["--recipe", recipe, "training.backend=tinker", f"training.output_dir={tmp_path / 'x'}",
+                 "--dry-run"]) == 2
+    assert "TINKER_API_KEY is not set" in capsys.readouterr().err
+    assert main(["--recipe", recipe, "training.backend=tinker", "tinker.api_key=tml-secret",
+                 f"training.output_dir={tmp_path / 'x'}"]) == 2
+    err = capsys.readouterr().err
+    assert "tinker.api_key" in err and "TINKER_API_KEY" in err and "tml-secret" not in err
+    assert main(["--recipe", str(ROOT / "recipes/quickstart/dpo.yaml"), "training.backend=tinker",
+                 "training.dpo_loss_type=[robust]", "tinker.resume_from=s3://x", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "training.dpo_loss_type[0]: 'robust' is not offered on the Tinker backend" in err
+    assert "tinker.resume_from: 's3://x' is not a Tinker path" in err
+    assert not (tmp_path / "x").exists()
