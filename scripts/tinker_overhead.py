@@ -62,7 +62,7 @@ def main() -> None:
             fb.result(timeout=600)
             opt.result(timeout=600)
             bare.append(time.time() - began)
-        sc.close()
+        sc.close("success").result(timeout=30)
         assert train(["--recipe", str(recipe_path), *overrides, f"tinker.base_url={server.base_url}",
                       f"training.output_dir={out / 'run'}"]) == 0
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]

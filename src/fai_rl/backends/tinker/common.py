@@ -201,10 +201,11 @@ class TinkerSession:
             return None
         return download_adapter(self, tokenizer, step)
 
-    def close(self) -> None:
+    def close(self, ok: bool) -> None:
+        """End the service session (frees its LoRA slot at once); best effort, bounded."""
         try:
-            self.service.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
+            _result(self.service.close("success" if ok else "errored"), min(30.0, self.k.request_timeout_s))
+        except Exception:  # noqa: BLE001 - the run's own outcome matters more than the goodbye
             pass
 
 

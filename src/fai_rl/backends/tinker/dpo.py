@@ -142,6 +142,7 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
     tinker, log = session.tinker, StepLog(run, total, HEADLINE)
     save_every = recipe.tinker.save_every or t.save_steps
     began, tokens = time.time(), 0
+    ok = False
     try:
         # The reference: a snapshot of the weights before any update; a resumed run goes back to the base weights.
         if start == 0:
@@ -194,8 +195,9 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
         evaluate(total)
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)
+        ok = True
     finally:
-        session.close()
+        session.close(ok)
     return run.write_summary(
         algorithm="dpo", backend="tinker", global_step=total,
         resumed_from_step=prepared.resume.step if prepared.resume else None,

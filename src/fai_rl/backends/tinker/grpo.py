@@ -56,6 +56,7 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
                                  "creating the reference sampler (base weights)")
     print(f"objective: {_objective(recipe)}", flush=True)
     began, generated = time.time(), 0
+    ok = False
     try:
         sampler = session.sampling_client(f"sampler-{start:06d}")
         if start == 0 and prepared.eval:
@@ -97,8 +98,9 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
             log(total, rollouts.evaluate_reward(session, sampler, prepared, recipe, total))
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)
+        ok = True
     finally:
-        session.close()
+        session.close(ok)
     return run.write_summary(
         algorithm=t.algorithm, backend="tinker", global_step=total,
         resumed_from_step=prepared.resume.step if prepared.resume else None,

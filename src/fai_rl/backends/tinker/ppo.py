@@ -67,6 +67,7 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
     reference = (session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
                               "creating the reference sampler (base weights)") if t.kl_coef else None)
     began, generated, running = time.time(), 0, None
+    ok = False
     try:
         sampler = session.sampling_client(f"sampler-{start:06d}")
         if start == 0 and prepared.eval:
@@ -103,8 +104,9 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
             log(total, rollouts.evaluate_reward(session, sampler, prepared, recipe, total))
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)
+        ok = True
     finally:
-        session.close()
+        session.close(ok)
     return run.write_summary(
         algorithm="ppo", backend="tinker", global_step=total,
         resumed_from_step=prepared.resume.step if prepared.resume else None,

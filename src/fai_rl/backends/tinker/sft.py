@@ -98,6 +98,7 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
         log(step, {"eval_loss": nll / max(1, tokens)})
 
     began, trained_tokens, step = time.time(), 0, start
+    ok = False
     try:
         if start == 0:
             evaluate(0)
@@ -121,8 +122,9 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
         evaluate(total)
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)
+        ok = True
     finally:
-        session.close()
+        session.close(ok)
     return run.write_summary(
         algorithm="sft", backend="tinker", global_step=total,
         resumed_from_step=prepared.resume.step if prepared.resume else None,
