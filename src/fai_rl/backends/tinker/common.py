@@ -313,6 +313,18 @@ def batches(examples: list, size: int, seed: int, start: int, total: int):
             yield step, [examples[i] for i in picked]
 
 
+def write_summary(run: RunDir, recipe: Recipe, resume: TinkerResume | None, session: "TinkerSession", total: int,
+                  runtime: float, final: Path | None, counted: str, count: int, **extra) -> dict:
+    """summary.json of a Tinker run: what every algorithm reports, `counted` tokens and their rate, plus `extra`."""
+    rate = counted.replace("tokens", "tokens_per_s") if counted != "train_tokens" else "tokens_per_s"
+    return run.write_summary(
+        algorithm=recipe.training.algorithm, backend="tinker", global_step=total,
+        resumed_from_step=resume.step if resume else None, train_runtime_s=round(runtime, 2),
+        **{counted: count, rate: round(count / runtime, 1) if runtime else None}, **extra,
+        final_dir=str(final) if final else None, tinker_state=session.last_state,
+    )
+
+
 class StepLog:
     """Prints the compact step lines the local backend prints, and appends metrics.jsonl rows."""
 

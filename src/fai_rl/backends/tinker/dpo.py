@@ -24,6 +24,7 @@ from fai_rl.backends.tinker.common import (
     check_api_key,
     datum,
     find_tinker_resume,
+    write_summary,
 )
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_preference_rows
@@ -198,11 +199,5 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
         ok = True
     finally:
         session.close(ok)
-    return run.write_summary(
-        algorithm="dpo", backend="tinker", global_step=total,
-        resumed_from_step=prepared.resume.step if prepared.resume else None,
-        train_runtime_s=round(runtime, 2), train_tokens=tokens,
-        tokens_per_s=round(tokens / runtime, 1) if runtime else None,
-        final_dir=str(final) if final else None, tinker_state=session.last_state,
-    )
+    return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "train_tokens", tokens)
 

@@ -21,7 +21,7 @@ import torch
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker import rollouts
-from fai_rl.backends.tinker.common import StepLog, TinkerSession, base_model
+from fai_rl.backends.tinker.common import StepLog, TinkerSession, base_model, write_summary
 from fai_rl.backends.tinker.rollouts import PreparedRL
 from fai_rl.config.schema import Recipe
 from fai_rl.rl_math import group_advantages, sequence_ratio_loss
@@ -101,13 +101,7 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
         ok = True
     finally:
         session.close(ok)
-    return run.write_summary(
-        algorithm=t.algorithm, backend="tinker", global_step=total,
-        resumed_from_step=prepared.resume.step if prepared.resume else None,
-        train_runtime_s=round(runtime, 2), generated_tokens=generated,
-        generated_tokens_per_s=round(generated / runtime, 1) if runtime else None,
-        final_dir=str(final) if final else None, tinker_state=session.last_state,
-    )
+    return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated)
 
 
 def _update(session: TinkerSession, recipe: Recipe, samples, per_token, step: int, total: int) -> dict:

@@ -16,7 +16,7 @@ import time
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker import rollouts
-from fai_rl.backends.tinker.common import StepLog, TinkerSession, base_model
+from fai_rl.backends.tinker.common import StepLog, TinkerSession, base_model, write_summary
 from fai_rl.backends.tinker.rollouts import PreparedRL
 from fai_rl.config.schema import Recipe
 
@@ -107,14 +107,8 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
         ok = True
     finally:
         session.close(ok)
-    return run.write_summary(
-        algorithm="ppo", backend="tinker", global_step=total,
-        resumed_from_step=prepared.resume.step if prepared.resume else None,
-        train_runtime_s=round(runtime, 2), generated_tokens=generated,
-        generated_tokens_per_s=round(generated / runtime, 1) if runtime else None,
-        critic="none (Tinker has no value head): baseline " + recipe.tinker.ppo_baseline,
-        final_dir=str(final) if final else None, tinker_state=session.last_state,
-    )
+    return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
+                         critic="none (Tinker has no value head): baseline " + recipe.tinker.ppo_baseline)
 
 
 def _update(session: TinkerSession, recipe: Recipe, samples, per_token, step: int, total: int) -> dict:

@@ -20,6 +20,7 @@ from fai_rl.backends.tinker.common import (
     datum,
     find_tinker_resume,
     target_logprobs,
+    write_summary,
 )
 from fai_rl.config.schema import Recipe
 from fai_rl.data.prepare import SFTData, prepare_sft_data
@@ -125,10 +126,4 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
         ok = True
     finally:
         session.close(ok)
-    return run.write_summary(
-        algorithm="sft", backend="tinker", global_step=total,
-        resumed_from_step=prepared.resume.step if prepared.resume else None,
-        train_runtime_s=round(runtime, 2), train_tokens=trained_tokens,
-        tokens_per_s=round(trained_tokens / runtime, 1) if runtime else None,
-        final_dir=str(final) if final else None, tinker_state=session.last_state,
-    )
+    return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "train_tokens", trained_tokens)
