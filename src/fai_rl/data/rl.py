@@ -138,3 +138,13 @@ def _reply(value) -> str | None:
         content = value[-1].get("content")
         return content if isinstance(content, str) and content.strip() else None
     return None
+
+
+def render_prompts(tokenizer, rows: list[dict], max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each row's prompt through the chat template with the assistant turn opened (left-truncated)."""
+    out = []
+    for row in rows:
+        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        out.append(ids[-max_length:] if max_length else ids)
+    return out

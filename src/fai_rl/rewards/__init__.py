@@ -8,7 +8,7 @@ through score_rewards. Nothing here imports torch until a reward model is loaded
 
 from fai_rl.rewards.countdown import evaluate_equation, extract_equation
 from fai_rl.rewards.function import RewardError, RewardFn, completion_text, preview_rewards, prompt_text, score_rewards
-from fai_rl.rewards.loader import BUILTINS, build_rewards, check_rewards, resolve_function
+from fai_rl.rewards.loader import BUILTINS, build_rewards, check_rewards, recipe_rewards, resolve_function
 from fai_rl.rewards.text import extract_final_number, normalize_text
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "normalize_text",
     "preview_rewards",
     "prompt_text",
+    "recipe_rewards",
     "resolve_function",
     "score_rewards",
 ]

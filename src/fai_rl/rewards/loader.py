@@ -104,6 +104,24 @@ def build_rewards(recipe: Recipe) -> list[RewardFn]:
 # Resolving `function`
 
 
+def recipe_rewards(recipe: Recipe) -> list:
+    """The recipe's reward functions, plus model.reward_model_name as the built-in `reward_model` reward (weight 1)."""
+    from fai_rl.models.load import resolve_model_path
+
+    fns = build_rewards(recipe)
+    name = recipe.model.reward_model_name
+    if name is None:
+        return fns
+    path = resolve_model_path(name)
+    try:
+        load_reward_model(path, score_device())  # loaded (and cached) now, so a bad model fails before training
+    except RewardError as e:
+        raise RecipeError(f"model.reward_model_name: {e}") from None
+    label = "reward_model" if all(f.name != "reward_model" for f in fns) else "reward_model_name"
+    return [*fns, RewardFn(BUILTINS["reward_model"], name=label, kwargs={"model": path},
+                           where="model.reward_model_name", locate_failing_row=False)]
+
+
 def resolve_function(function: str) -> Callable:
     """The callable a `function` string names; _Unresolved (message: why + fix) when there is none."""
     function = function.strip()

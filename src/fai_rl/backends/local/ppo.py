@@ -52,7 +52,7 @@ from fai_rl.backends.local.common import (
 )
 from fai_rl.config.deepspeed import resolve_deepspeed_config, zero_stage
 from fai_rl.config.schema import Recipe
-from fai_rl.errors import RecipeError
+from fai_rl.data.rl import render_prompts
 from fai_rl.models.load import (
     accelerator,
     load_causal_lm,
@@ -266,25 +266,6 @@ def build_models(recipe: Recipe, start: Path | None) -> tuple[PolicyAndCritic, n
     return model, reference
 
 
-def reward_functions(recipe: Recipe) -> list:
-    """The recipe's reward functions, plus model.reward_model_name as the built-in `reward_model` reward (weight 1)."""
-    from fai_rl.rewards import BUILTINS, RewardError, RewardFn, build_rewards
-    from fai_rl.rewards.reward_model import load_reward_model, score_device
-
-    fns = build_rewards(recipe)
-    name = recipe.model.reward_model_name
-    if name is None:
-        return fns
-    path = resolve_model_path(name)
-    try:
-        load_reward_model(path, score_device())  # loaded (and cached) now, so a bad model fails before training
-    except RewardError as e:
-        raise RecipeError(f"model.reward_model_name: {e}") from None
-    label = "reward_model" if all(f.name != "reward_model" for f in fns) else "reward_model_name"
-    return [*fns, RewardFn(BUILTINS["reward_model"], name=label, kwargs={"model": path},
-                           where="model.reward_model_name", locate_failing_row=False)]
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # prepare / describe: data, rewards and resume point checked before anything is written.
 
@@ -301,11 +282,12 @@ class PreparedPPO:
 def prepare(recipe: Recipe, resume: str | None) -> PreparedPPO:
     """Tokenizer, prompt rows and reward functions, and the resume point; nothing is written."""
     from fai_rl.data.rl import load_prompt_rows
+    from fai_rl.rewards import recipe_rewards
 
     resume_point = find_resume_point(recipe, resume)
     tokenizer = load_tokenizer(recipe.model)
     train_rows, eval_rows = load_prompt_rows(recipe)
-    return PreparedPPO(tokenizer, train_rows, eval_rows, reward_functions(recipe), resume_point)
+    return PreparedPPO(tokenizer, train_rows, eval_rows, recipe_rewards(recipe), resume_point)
 
 
 def describe(recipe: Recipe, prepared: PreparedPPO) -> str:
@@ -335,16 +317,6 @@ def describe(recipe: Recipe, prepared: PreparedPPO) -> str:
 def critic_name(recipe: Recipe) -> str:
     value = recipe.model.value_model_name
     return f"value model {value} + scalar head" if value else "value head on the policy backbone"
-
-
-def render_prompts(tokenizer, rows: list[dict], max_length: int | None = None) -> list[list[int]]:
-    """Token ids of each row's prompt through the chat template with the assistant turn opened (left-truncated)."""
-    out = []
-    for row in rows:
-        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)["input_ids"]
-        out.append(ids[-max_length:] if max_length else ids)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from fai_rl.backends.tinker.common import TinkerResume, TinkerSession, check_api_key, datum, find_tinker_resume
 from fai_rl.config.schema import Recipe
-from fai_rl.data.rl import load_prompt_rows
+from fai_rl.data.rl import load_prompt_rows, render_prompts
 from fai_rl.models.load import load_tokenizer
 
 
@@ -27,13 +27,13 @@ class PreparedRL:
 
 def prepare(recipe: Recipe, resume: str | None) -> PreparedRL:
     """API key, tokenizer, prompt rows, reward functions and the resume point; nothing written, no service call."""
-    from fai_rl.backends.local.ppo import reward_functions
+    from fai_rl.rewards import recipe_rewards
 
     check_api_key()
     resume_point = find_tinker_resume(recipe, resume)
     tokenizer = load_tokenizer(recipe.model)
     train, evaluation = load_prompt_rows(recipe)
-    return PreparedRL(tokenizer, train, evaluation, reward_functions(recipe), resume_point)
+    return PreparedRL(tokenizer, train, evaluation, recipe_rewards(recipe), resume_point)
 
 
 def describe(recipe: Recipe, prepared: PreparedRL, per_step: str) -> str:
@@ -56,9 +56,7 @@ def describe(recipe: Recipe, prepared: PreparedRL, per_step: str) -> str:
 
 
 def prompt_ids(tokenizer, row: dict, recipe: Recipe) -> list[int]:
-    ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)["input_ids"]
-    return ids[-recipe.data.max_length :]
+    return render_prompts(tokenizer, [row], recipe.data.max_length)[0]
 
 
 @dataclass
