@@ -37,3 +37,7 @@ class DataError(_ProblemList):
 
 class BackendError(FaiRLError):
     """The chosen backend cannot run the recipe here (missing package, no GPU, unavailable service)."""
+
+
+class UsageError(FaiRLError):
+    """A command-line argument that cannot be used: a path that is not a model or run, a flag out of range."""
