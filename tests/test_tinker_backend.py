@@ -94,7 +94,7 @@ def test_grpo_raises_the_reward_of_the_prompts_it_trains_on(tmp_path, tinker_env
     out = tmp_path / "grpo"
     began = time.time()
     assert run("grpo", out, tinker_env, "training.max_steps=12", "training.eval_steps=null",
-               "training.logging_steps=1", "training.learning_rate=1e-3", "training.per_device_train_batch_size=64",
+               "training.logging_steps=1", "training.learning_rate=2e-3", "training.per_device_train_batch_size=32",
                "training.num_generations=4", "training.num_generations_eval=8",
                "training.per_device_eval_batch_size=128", "tinker.download_final=false",
                "data.datasets[0].max_samples=16", "data.eval_datasets[0].split=train",
@@ -148,7 +148,7 @@ def test_a_killed_server_stops_the_run_with_the_resume_path_within_bounded_time(
         cmd = [sys.executable, "-m", "fai_rl.cli.train", "--recipe", str(ROOT / "recipes/quickstart/sft.yaml"),
                "training.backend=tinker", f"tinker.base_url={server.base_url}", "model.base_model_name=fai-rl/tiny-sft",
                "tinker.lora_rank=8", f"training.output_dir={out}", "training.max_steps=100000",
-               "training.eval_steps=null", "tinker.save_every=2", "tinker.request_timeout_s=20",
+               "training.eval_steps=null", "tinker.save_every=2", "tinker.request_timeout_s=10",
                "tinker.max_retries=1", "data.eval_datasets=[]"]
         env = {**os.environ, "TINKER_API_KEY": server.api_key, "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -204,7 +204,8 @@ class TinkerSession:
     def close(self, ok: bool) -> None:
         """End the service session (frees its LoRA slot at once); best effort, bounded."""
         try:
-            _result(self.service.close("success" if ok else "errored"), min(30.0, self.k.request_timeout_s))
+            # a failed run is often a dead or unreachable service: do not make the user wait long for the goodbye
+            _result(self.service.close("success" if ok else "errored"), min(30.0 if ok else 5.0, self.k.request_timeout_s))
         except Exception:  # noqa: BLE001 - the run's own outcome matters more than the goodbye
             pass
 
@@ -227,17 +228,11 @@ def download_adapter(session: TinkerSession, tokenizer, step: int) -> Path:
     staging = out / ".final.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name, url in sorted(listing.urls.items()):
-        dest = (staging / name).resolve()
-        if not dest.is_relative_to(staging.resolve()):
-            raise BackendError(f"Tinker: the export {export.path} names an unsafe file path {name!r}; not written.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with urllib.request.urlopen(url, timeout=session.k.request_timeout_s) as response, dest.open("wb") as fh:
-                shutil.copyfileobj(response, fh)
-        except OSError as e:
-            raise session.failure(f"downloading {name} of {export.path}", e) from None
-    _complete_adapter_config(staging, resolve_model_path(session.recipe.model.base_model_name))
+    try:
+        fetch_exported_adapter(listing.urls, staging, export.path,
+                               resolve_model_path(session.recipe.model.base_model_name), session.k.request_timeout_s)
+    except OSError as e:
+        raise session.failure(f"downloading the files of {export.path}", e) from None
     tokenizer.save_pretrained(staging)
     note = {
         "base_model_name": session.recipe.model.base_model_name,
@@ -254,6 +249,30 @@ def download_adapter(session: TinkerSession, tokenizer, step: int) -> Path:
     shutil.rmtree(out / "final", ignore_errors=True)
     os.replace(staging, out / "final")
     return out / "final"
+
+
+def fetch_exported_adapter(urls: dict[str, str], dest: Path, export_path: str, base_path: str,
+                           timeout_s: float) -> None:
+    """Download the files of a `save_weights_external` export (name -> signed URL) into the empty dir `dest`.
+
+    Shared by final/ at the end of a run and by fai-rl-export. The adapter_config.json is completed to load as what
+    was trained (see _complete_adapter_config). An unsafe file name is a BackendError; a failed download an OSError
+    that names the file (callers add what they were doing).
+    """
+    root = dest.resolve()
+    for name, url in sorted(urls.items()):
+        target = (dest / name).resolve()
+        if not target.is_relative_to(root):
+            raise BackendError(f"Tinker: the export {export_path} names an unsafe file path {name!r}; not written.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response, target.open("wb") as fh:
+                shutil.copyfileobj(response, fh)
+        except TimeoutError:
+            raise  # kept as is: the caller reports it as "no answer within ..."
+        except OSError as e:
+            raise OSError(f"{name}: {e}") from e
+    _complete_adapter_config(dest, base_path)
 
 
 def _complete_adapter_config(adapter_dir: Path, base_path: str) -> None:
