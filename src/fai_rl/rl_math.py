@@ -101,3 +101,65 @@ def sequence_ratio_loss(
         clipped += int(bool((ratio != bounded).item()))
     loss = torch.stack(losses).mean()
     return loss, {"clip_ratio": clipped / max(1, len(losses))}
+
+
+def keyed_group_advantages(rewards: list[float], keys: list, norm_by_std: bool = True) -> list[float]:
+    """GRPO advantages over groups named by `keys` (any hashable; groups may differ in size and interleave).
+
+    rLLM's estimator for workflow trajectories: reward minus its group's mean, divided by the group's population std
+    when norm_by_std and that std is above 1e-8 (a group whose rewards are all equal gets 0). A group of one has
+    nothing to compare with and gets 0 (rLLM gives it its raw reward: mean 0, std 1).
+    """
+    if len(rewards) != len(keys):
+        raise ValueError(f"{len(rewards)} rewards for {len(keys)} keys")
+    members: dict = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    advantages = [0.0] * len(rewards)
+    for indices in members.values():
+        if len(indices) < 2:
+            continue
+        group = torch.tensor([float(rewards[i]) for i in indices], dtype=torch.float64)
+        centred = group - group.mean()
+        std = group.std(unbiased=False).item()
+        scaled = centred / std if norm_by_std and std > 1e-8 else centred
+        for i, a in zip(indices, scaled.tolist(), strict=True):
+            advantages[i] = a
+    return advantages
+
+
+def token_policy_loss(
+    logprobs_t: list[torch.Tensor],
+    old_logprobs_t: list[torch.Tensor],
+    advantages: list[float],
+    *,
+    epsilon: float,
+    epsilon_high: float,
+    total_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO's clipped token-level objective, normalised over all tokens of the batch (DAPO's token-level mean).
+
+    Per token: -min(r A, clip(r, 1-eps_lo, 1+eps_hi) A) with r = exp(log pi - log pi_old); summed over every
+    completion token of every sequence and divided by the number of tokens, so long and short completions weigh
+    the same per token. Each tensor holds one completion's per-token log-probs. `total_tokens` divides instead of
+    the tokens given here: the batch's count when it is split into micro-batches, or when sequences with advantage 0
+    (no gradient) are left out.
+    """
+    losses, clipped, tokens = [], 0.0, 0
+    for new_t, old_t, advantage in zip(logprobs_t, old_logprobs_t, advantages, strict=True):
+        ratio_t = torch.exp(new_t - old_t.detach())
+        bounded_t = torch.clamp(ratio_t, 1 - epsilon, 1 + epsilon_high)
+        losses.append(-torch.minimum(ratio_t * advantage, bounded_t * advantage).sum())
+        clipped += float((ratio_t != bounded_t).sum().item())
+        tokens += new_t.numel()
+    loss = torch.stack(losses).sum() / max(1, total_tokens or tokens)
+    return loss, {"clip_ratio": clipped / max(1, tokens)}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021): 1 - C(n-c, k) / C(n, k)."""
+    import math
+
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)

@@ -24,6 +24,14 @@ TRAINERS: dict[tuple[str, str], str] = {
     ("tinker", "gspo"): "fai_rl.backends.tinker.grpo",  # one module, as on the local backend
     ("tinker", "ppo"): "fai_rl.backends.tinker.ppo",
 }
+# GRPO/GSPO with workflow.type other than single: TRL's GRPOTrainer cannot express multi-role trajectories, so
+# workflow runs have their own small loops (one per backend), chosen here by the same (backend, algorithm) key.
+WORKFLOW_TRAINERS: dict[tuple[str, str], str] = {
+    ("local", "grpo"): "fai_rl.backends.local.workflow",
+    ("local", "gspo"): "fai_rl.backends.local.workflow",
+    ("tinker", "grpo"): "fai_rl.backends.tinker.workflow",
+    ("tinker", "gspo"): "fai_rl.backends.tinker.workflow",
+}
 
 
 class AlgorithmModule(Protocol):
@@ -42,6 +50,10 @@ class AlgorithmModule(Protocol):
 def check_dispatch(recipe: Recipe) -> list[tuple[str, str]]:
     """A recipe problem when no module trains this (backend, algorithm) pair in this version."""
     pair = (recipe.training.backend, recipe.training.algorithm)
+    if recipe.workflow.type != "single" and pair in WORKFLOW_TRAINERS:
+        from fai_rl.workflows import check_workflow
+
+        return check_workflow(recipe)  # module:Class imports and is a workflow (other workflow keys: config.rules)
     if pair in TRAINERS:
         return []
     offered = ", ".join(f"{a} on {b}" for b, a in TRAINERS)
@@ -54,4 +66,7 @@ def check_dispatch(recipe: Recipe) -> list[tuple[str, str]]:
 
 def algorithm_module(recipe: Recipe) -> AlgorithmModule:
     """The module that trains this recipe (check_dispatch has already accepted it)."""
-    return importlib.import_module(TRAINERS[(recipe.training.backend, recipe.training.algorithm)])
+    pair = (recipe.training.backend, recipe.training.algorithm)
+    if recipe.workflow.type != "single" and pair in WORKFLOW_TRAINERS:
+        return importlib.import_module(WORKFLOW_TRAINERS[pair])
+    return importlib.import_module(TRAINERS[pair])

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fai_rl.errors import FaiRLError
+from fai_rl.cli import report_errors
 
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,14 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of fai-rl-eval; returns the exit code."""
     args = build_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return _run(args)
-    except FaiRLError as e:
-        print(f"fai-rl-eval: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("fai-rl-eval: interrupted; nothing written", file=sys.stderr)
-        return 130
+    return report_errors("fai-rl-eval", lambda: _run(args), "nothing written")
 
 
 def _run(args: argparse.Namespace) -> int:

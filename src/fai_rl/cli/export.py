@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from fai_rl.errors import FaiRLError, UsageError
+from fai_rl.cli import report_errors
+from fai_rl.errors import UsageError
 
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,14 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of fai-rl-export; returns the exit code."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return _run(args)
-    except FaiRLError as e:
-        print(f"fai-rl-export: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("fai-rl-export: interrupted; --out was not touched", file=sys.stderr)
-        return 130
+    return report_errors("fai-rl-export", lambda: _run(args), "--out was not touched")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -20,9 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from fai_rl.errors import FaiRLError, UsageError
+from fai_rl.cli import report_errors
+from fai_rl.errors import UsageError
 
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,14 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of fai-rl-generate; returns the exit code."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return _run(args)
-    except FaiRLError as e:
-        print(f"fai-rl-generate: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("fai-rl-generate: interrupted", file=sys.stderr)
-        return 130
+    return report_errors("fai-rl-generate", lambda: _run(args))
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -151,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"fai-rl-generate: {source.describe()}, {len(rows)} prompts x {args.num_samples}", file=sys.stderr)
     sampler = open_sampler(source, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                            tinker_base_url=args.tinker_base_url)
-    prompts = [render_chat(sampler.tokenizer, row["messages"], not args.no_chat_template) for row in rows]
+    prompts = [render_chat(sampler.tokenizer, row["messages"], chat_template=not args.no_chat_template) for row in rows]
     groups = sampler.generate(prompts, n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
     lines = []

@@ -14,9 +14,8 @@ import os
 import sys
 
 from fai_rl.cli.launch import LAUNCHED_ENV, Nodes, detach, plan_launch, relaunch
-from fai_rl.errors import FaiRLError
+from fai_rl.cli import report_errors
 
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,14 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of fai-rl-train; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    try:
-        return _run(args, argv)
-    except FaiRLError as e:
-        print(f"fai-rl-train: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("fai-rl-train: interrupted; continue later with --resume", file=sys.stderr)
-        return 130
+    return report_errors("fai-rl-train", lambda: _run(args, argv), "continue later with --resume")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:

@@ -11,7 +11,7 @@ import typing
 
 from omegaconf import MISSING
 
-from fai_rl.config.schema import Recipe
+from fai_rl.config.schema import EvalRecipe, Recipe
 
 
 def _type_name(hint) -> str:
@@ -71,6 +71,14 @@ def render() -> str:
         "",
     ]
     _section(Recipe, "", out)
+    out += [
+        "# Evaluation recipes (`fai-rl-eval`)",
+        "",
+        "A second recipe type, loaded and checked the same way: `fai-rl-eval --recipe EVAL.yaml evaluation.seed=1`. "
+        "Guide and examples: [evaluation.md](evaluation.md).",
+        "",
+    ]
+    _section(EvalRecipe, "", out)
     return "\n".join(out).rstrip() + "\n"
 
 

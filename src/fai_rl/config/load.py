@@ -20,7 +20,7 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fai_rl.config.schema import ALGORITHM_DEFAULTS, Recipe
+from fai_rl.config.schema import ALGORITHM_DEFAULTS, EVAL_METRICS, EvalRecipe, Recipe
 from fai_rl.errors import RecipeError
 
 COMMAND_LINE = "command line"
@@ -174,6 +174,7 @@ class _Ctx:
     overridden: set[str]
     problems: list[str]
     reported: set[str] = dataclasses.field(default_factory=set)
+    all_fields: dict[str, str] = dataclasses.field(default_factory=dict)  # leaf name -> dotted path, this schema
 
     def where(self, dotted: str) -> str:
         if dotted in self.overridden:
@@ -207,6 +208,7 @@ def _all_field_paths(cls: type, prefix: str = "") -> dict[str, str]:
 
 
 _ALL_FIELDS = _all_field_paths(Recipe)
+_EVAL_FIELDS = _all_field_paths(EvalRecipe)
 
 
 def _suggest(word: str, options: list[str]) -> str | None:
@@ -231,8 +233,8 @@ def _check_section(value: Any, cls: type, dotted: str, ctx: _Ctx) -> Any:
                         "environment variable instead (TINKER_API_KEY, WANDB_API_KEY, HF_TOKEN).")
             elif near:
                 hint = f"did you mean {dotted + '.' if dotted else ''}{near}?"
-            elif str(key) in _ALL_FIELDS:
-                hint = f"did you mean {_ALL_FIELDS[str(key)]}?"
+            elif str(key) in (ctx.all_fields or _ALL_FIELDS):
+                hint = f"did you mean {(ctx.all_fields or _ALL_FIELDS)[str(key)]}?"
             else:
                 hint = f"known keys here: {', '.join(fields)}."
             ctx.add(sub_dotted, f"unknown key; {hint}")
@@ -352,16 +354,43 @@ def load_recipe(
     """
     from fai_rl.config.rules import check_rules  # rules need the typed Recipe; imported here to keep layers one-way
 
-    path = Path(path)
+    recipe, ctx = _load_typed(Path(path), overrides, Recipe, _ALL_FIELDS)
+    for key, value in ALGORITHM_DEFAULTS.get(recipe.training.algorithm, {}).items():
+        if getattr(recipe.training, key) is None:  # null means "the algorithm's default": make it explicit
+            setattr(recipe.training, key, value)
+    if recipe.training.metric_for_best_model and recipe.training.greater_is_better is None:
+        recipe.training.greater_is_better = not recipe.training.metric_for_best_model.endswith("loss")
+    return _finish(recipe, ctx, [*check_rules(recipe, processes), *(p for rule in extra_rules for p in rule(recipe))])
+
+
+def load_eval_recipe(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    extra_rules: list[typing.Callable[[EvalRecipe], list[tuple[str, str]]]] = (),
+) -> EvalRecipe:
+    """load_recipe for fai-rl-eval's recipes (schema EvalRecipe): same YAML, overrides, errors and exit code."""
+    from fai_rl.config.rules import check_eval_rules
+
+    recipe, ctx = _load_typed(Path(path), overrides, EvalRecipe, _EVAL_FIELDS)
+    for task in recipe.evaluation.tasks:  # empty means "the type's default": make it explicit
+        if not task.metrics and not (task.type == "generate" and task.rewards):
+            task.metrics = [EVAL_METRICS.get(task.type, ("exact_match",))[0]]
+        if not task.pass_k:
+            task.pass_k = sorted({1, task.num_samples}) if task.num_samples >= 1 else [1]
+    return _finish(recipe, ctx, [*check_eval_rules(recipe), *(p for rule in extra_rules for p in rule(recipe))])
+
+
+def _load_typed(path: Path, overrides: list[str] | None, schema: type, all_fields: dict[str, str]) -> tuple[Any, _Ctx]:
+    """Read, override and schema-check a recipe file into `schema`; problems so far are kept in the returned ctx."""
     tree, lines, problems = _read_yaml(path)
     overridden, override_problems = apply_overrides(tree, list(overrides or []))
-    ctx = _Ctx(str(path), lines, overridden, problems + override_problems)
-    cleaned = _check_section(tree, Recipe, "", ctx)
+    ctx = _Ctx(str(path), lines, overridden, problems + override_problems, all_fields=all_fields)
+    cleaned = _check_section(tree, schema, "", ctx)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Recipe), cleaned or {})
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cleaned or {})
         if ctx.problems:  # still run the cross-field rules, on placeholders for what is missing, to report all at once
             _fill_missing(merged)
-        recipe = OmegaConf.to_object(merged)
+        return OmegaConf.to_object(merged), ctx
     except OmegaConfBaseException as e:  # an interpolation that does not resolve, or resolves to the wrong type
         if ctx.problems:
             raise RecipeError(ctx.problems) from None
@@ -369,10 +398,11 @@ def load_recipe(
         raise RecipeError(
             f"{ctx.where(key)}: {key}: {getattr(e, 'msg', e)}; fix the value or the ${{...}} it uses."
         ) from None
-    for key, value in ALGORITHM_DEFAULTS.get(recipe.training.algorithm, {}).items():
-        if getattr(recipe.training, key) is None:  # null means "the algorithm's default": make it explicit
-            setattr(recipe.training, key, value)
-    for key, msg in [*check_rules(recipe, processes), *(p for rule in extra_rules for p in rule(recipe))]:
+
+
+def _finish(recipe: Any, ctx: _Ctx, rule_problems: list[tuple[str, str]]) -> Any:
+    """Add the rules' problems (not those under a key already reported) and raise them all, or return the recipe."""
+    for key, msg in rule_problems:
         if not any(key == k or key.startswith((k + ".", k + "[")) for k in ctx.reported):
             ctx.add(key, msg)
     if ctx.problems:
@@ -399,7 +429,7 @@ def redact(tree: Any) -> Any:
     return tree
 
 
-def recipe_to_dict(recipe: Recipe) -> dict:
+def recipe_to_dict(recipe: Recipe | EvalRecipe) -> dict:
     """The resolved recipe as a plain dict, secrets removed."""
     return redact(dataclasses.asdict(recipe))
 

@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Iterator
 
 from fai_rl.config.deepspeed import load_deepspeed_config, offloads_params, recipe_conflicts, zero_stage
-from fai_rl.config.schema import DPO_LOSSES, Recipe
+from fai_rl.config.schema import DPO_LOSSES, EVAL_METRICS, JUDGE_PLACEHOLDERS, EvalRecipe, Recipe
 
 Problem = tuple[str, str]
 
@@ -29,6 +29,7 @@ def check_rules(recipe: Recipe, processes: int = 1) -> list[Problem]:
         *_grpo_rules(recipe, processes),
         *_ppo_rules(recipe),
         *_tinker_rules(recipe),
+        *_workflow_rules(recipe),
     ]
 
 
@@ -117,6 +118,40 @@ def _training_rules(r: Recipe) -> Iterator[Problem]:
         )
     if not t.output_dir.strip():
         yield "training.output_dir", "is empty; name a directory for the run's artefacts, e.g. runs/my-run."
+    yield from _best_model_rules(r, has_eval)
+
+
+def _best_model_rules(r: Recipe, has_eval: bool) -> Iterator[Problem]:
+    t = r.training
+    if t.metric_for_best_model is None:
+        if t.load_best_model_at_end:
+            yield "training.load_best_model_at_end", (
+                "true without training.metric_for_best_model; name the metric that picks the best checkpoint, "
+                "e.g. training.metric_for_best_model=eval_loss."
+            )
+        return
+    key = "training.metric_for_best_model"
+    if t.backend == "tinker":
+        yield key, (f"'{t.metric_for_best_model}': keeping the best checkpoint is not supported on the Tinker backend "
+                    "(every state is listed in checkpoints.json with its step); remove it.")
+        return
+    workflow = getattr(r, "workflow", None)
+    if t.algorithm == "ppo" or (workflow is not None and workflow.type != "single"):
+        what = "PPO" if t.algorithm == "ppo" else f"workflow.type {workflow.type}"
+        yield key, (f"'{t.metric_for_best_model}': {what} (trained by a loop written here, not HF Trainer) does not "
+                    "track a best checkpoint yet; remove it.")
+        return
+    if not t.metric_for_best_model.strip():
+        yield key, "is empty; name an eval metric such as eval_loss or eval_reward, or null."
+    if not has_eval or t.eval_steps is None:
+        yield key, (f"'{t.metric_for_best_model}' needs evaluations during training: set training.eval_steps and "
+                    "give data.eval_datasets or data.eval_split_ratio.")
+    elif t.save_steps % t.eval_steps:
+        yield "training.save_steps", (
+            f"{t.save_steps} is not a multiple of training.eval_steps ({t.eval_steps}): with "
+            "training.metric_for_best_model the best checkpoint must be saved at an evaluation step; use e.g. "
+            f"training.save_steps={t.eval_steps * max(1, round(t.save_steps / t.eval_steps))}."
+        )
     if t.optim in ("adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit"):
         if t.backend == "tinker":
             yield "training.optim", f"'{t.optim}' has no meaning on the Tinker backend (it uses Adam); remove it."
@@ -315,3 +350,183 @@ def _tinker_rules(r: Recipe) -> Iterator[Problem]:
                 f"{t.steps_per_generation}: the Tinker backend makes one update per sampled batch (num_iterations "
                 "for more passes); remove it."
             )
+
+
+def _placeholders(template: str) -> list[str] | None:
+    """The {names} a str.format template uses; None when it is not a valid template."""
+    import string
+
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError:
+        return None
+
+
+def _workflow_rules(r: Recipe) -> Iterator[Problem]:
+    w, t = r.workflow, r.training
+    if w.type == "single":
+        if w.solver_prompt is not None:
+            yield "workflow.solver_prompt", (
+                "is set but workflow.type is single, which is plain GRPO reading the prompt column; set "
+                "workflow.type=solver_judge (or your module:Class), or remove workflow.solver_prompt."
+            )
+        return
+    if w.kwargs and ":" not in w.type:
+        yield "workflow.kwargs", (
+            f"{dict(w.kwargs)} but '{w.type}' is a built-in workflow, configured by the workflow keys themselves; "
+            "remove workflow.kwargs (it is for module:Class workflows)."
+        )
+    if t.algorithm not in ("grpo", "gspo"):
+        yield "workflow.type", (
+            f"'{w.type}' with training.algorithm={t.algorithm}: workflows are trained with GRPO or GSPO; set "
+            "training.algorithm=grpo (or gspo), or workflow.type=single."
+        )
+    if ":" not in w.type and w.type != "solver_judge":
+        near = difflib.get_close_matches(w.type, ["single", "solver_judge"], n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        yield "workflow.type", (
+            f"'{w.type}' is not a built-in workflow; {hint}use single, solver_judge, or your own class as "
+            "module:Class or path/to/file.py:Class."
+        )
+    if t.beta:
+        yield "training.beta", (
+            f"{t.beta} with workflow.type '{w.type}': workflow runs have no KL term to a reference; set "
+            "training.beta=0."
+        )
+    if t.backend == "local" and t.optim not in ("adamw_torch", "adamw_torch_fused"):
+        yield "training.optim", (
+            f"'{t.optim}' is not offered by the local workflow loop, which uses torch AdamW; set "
+            "training.optim=adamw_torch."
+        )
+    if w.solver_prompt is not None and _placeholders(w.solver_prompt) is None:
+        yield "workflow.solver_prompt", "is not a valid template (unbalanced { }); write columns as {column}, a "\
+            "literal brace as {{ or }}."
+    if w.type != "solver_judge":
+        return
+    if w.num_solutions < 2:
+        yield "workflow.num_solutions", f"{w.num_solutions} must be at least 2: the judge picks one of several."
+    for key, template, allowed in (("judge_prompt", w.judge_prompt, JUDGE_PLACEHOLDERS),
+                                   ("judge_solution_format", w.judge_solution_format, ("index", "solution"))):
+        names = _placeholders(template)
+        if names is None:
+            yield f"workflow.{key}", "is not a valid template (unbalanced { }); write a literal brace as {{ or }}."
+            continue
+        unknown = sorted({n for n in names if n not in allowed})
+        if unknown:
+            yield f"workflow.{key}", (
+                f"uses {', '.join('{' + n + '}' for n in unknown)}; the placeholders are "
+                f"{', '.join('{' + n + '}' for n in allowed)} (write a literal brace as {{{{ or }}}})."
+            )
+        needed = "solutions" if key == "judge_prompt" else "solution"
+        if needed not in names:
+            yield f"workflow.{key}", f"has no {{{needed}}}: the judge would not see the candidates; add it."
+    for key in ("solver_reward", "judge_reward"):
+        if getattr(w, key) < 0:
+            yield f"workflow.{key}", f"{getattr(w, key)} must be 0 or more (a weight on the role's reward)."
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fai-rl-eval recipes
+
+
+def check_eval_rules(r: EvalRecipe) -> list[Problem]:
+    """Every cross-field / range problem of an evaluation recipe (rewards are checked by the caller's extra rule)."""
+    return list(_eval_rules(r))
+
+
+def _eval_rules(r: EvalRecipe) -> Iterator[Problem]:
+    e = r.evaluation
+    if not e.models:
+        yield "evaluation.models", "is empty; name at least one model, e.g. evaluation.models=[runs/my-run]."
+    for i, spec in enumerate([*e.models, *([e.baseline] if e.baseline is not None else [])]):
+        key = f"evaluation.models[{i}]" if i < len(e.models) else "evaluation.baseline"
+        if not spec.strip():
+            yield key, "is empty; name a run dir, a model dir, a hub id or a tinker:// path."
+        elif spec.startswith("tinker://") and not e.base_model:
+            yield "evaluation.base_model", (
+                f"is null, but {key} is a Tinker path ({spec}); name the base model its weights were trained from "
+                "(its tokenizer renders the prompts), e.g. evaluation.base_model=Qwen/Qwen3-4B-Instruct-2507."
+            )
+    if not e.tasks:
+        yield "evaluation.tasks", "is empty; add a task, e.g. a name and dataset: {name: fai-rl/digits, split: test}."
+    for key, value in (("batch_size", e.batch_size), ("request_timeout_s", e.request_timeout_s)):
+        if value <= 0:
+            yield f"evaluation.{key}", f"{value} must be greater than 0."
+    seen: dict[str, int] = {}
+    for i, task in enumerate(e.tasks):
+        key = f"evaluation.tasks[{i}]"
+        if task.name in seen:
+            yield f"{key}.name", (f"'{task.name}' is also the name of evaluation.tasks[{seen[task.name]}]; names "
+                                  "must differ.")
+        seen.setdefault(task.name, i)
+        if not task.name.strip():
+            yield f"{key}.name", "is empty; name the task (it labels the table and the files)."
+        yield from _eval_task_rules(task, key)
+
+
+def _eval_task_rules(task, key: str) -> Iterator[Problem]:
+    allowed = EVAL_METRICS[task.type]
+    for j, metric in enumerate(task.metrics):
+        if metric not in allowed:
+            near = difflib.get_close_matches(metric, allowed, n=1, cutoff=0.6)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            extra = " (reward functions go under rewards:)" if task.type == "generate" else ""
+            yield f"{key}.metrics[{j}]", (
+                f"'{metric}' is not a {task.type} metric; {hint}use {', '.join(allowed)}{extra}."
+            )
+    if task.type == "workflow":
+        yield from _eval_workflow_rules(task, key)
+    elif task.workflow_recipe is not None:
+        yield f"{key}.workflow_recipe", f"is only read by type workflow (this task is {task.type}); remove it."
+    if task.type == "multiple_choice" and task.rewards:
+        yield f"{key}.rewards", ("multiple_choice tasks are scored by accuracy only; remove rewards or use type "
+                                 "generate.")
+    if not task.metrics and not task.rewards:
+        yield f"{key}.metrics", f"is empty and there are no rewards: nothing would be scored; use {allowed[0]}."
+    if task.num_samples < 1:
+        yield f"{key}.num_samples", f"{task.num_samples} must be at least 1."
+    elif task.num_samples > 1 and task.temperature == 0:
+        yield f"{key}.num_samples", (
+            f"{task.num_samples} samples at temperature 0 (greedy) would all be the same answer; set "
+            f"{key}.temperature (e.g. 1.0) or num_samples=1."
+        )
+    if task.type == "multiple_choice" and task.multiple_choice_mode == "loglikelihood" and task.num_samples != 1:
+        yield f"{key}.num_samples", "must be 1 for multiple_choice by loglikelihood (nothing is sampled)."
+    for j, k in enumerate(task.pass_k):
+        if not 1 <= k <= max(1, task.num_samples):
+            yield f"{key}.pass_k[{j}]", (
+                f"{k} must be in 1..num_samples ({task.num_samples}): pass@k draws k of the n samples; raise "
+                f"{key}.num_samples or lower k."
+            )
+    if task.temperature < 0:
+        yield f"{key}.temperature", f"{task.temperature} must be 0 (greedy) or more."
+    if not 0 < task.top_p <= 1:
+        yield f"{key}.top_p", f"{task.top_p} must be in (0, 1]."
+    if task.max_new_tokens <= 0:
+        yield f"{key}.max_new_tokens", f"{task.max_new_tokens} must be greater than 0, e.g. 256."
+    if task.numeric_tolerance < 0:
+        yield f"{key}.numeric_tolerance", f"{task.numeric_tolerance} must be 0 or more."
+    if task.dataset.max_samples is not None and task.dataset.max_samples <= 0:
+        yield f"{key}.dataset.max_samples", f"{task.dataset.max_samples} must be greater than 0; or null for all rows."
+    if not task.dataset.name.strip():
+        yield f"{key}.dataset.name", "is empty; name a file, a dataset dir, a hub dataset or a built-in task."
+
+
+def _eval_workflow_rules(task, key: str) -> Iterator[Problem]:
+    """A workflow task names a training recipe with a workflow; its rewards score the episodes."""
+    if task.rewards:
+        yield f"{key}.rewards", "a workflow task is scored by the rewards of its workflow_recipe; remove them here."
+    if task.workflow_recipe is None:
+        yield f"{key}.workflow_recipe", ("is null; name the training recipe whose workflow to run, e.g. "
+                                         "recipes/quickstart/solver_judge.yaml.")
+        return
+    from fai_rl.config.load import load_recipe
+    from fai_rl.errors import RecipeError
+
+    try:
+        recipe = load_recipe(task.workflow_recipe)
+    except RecipeError as e:
+        yield f"{key}.workflow_recipe", f"'{task.workflow_recipe}' does not load: " + "; ".join(e.problems)
+        return
+    if not recipe.rewards:
+        yield f"{key}.workflow_recipe", f"'{task.workflow_recipe}' has no rewards: nothing would score the episodes."

@@ -178,14 +178,40 @@ class TrainingConfig:
     bf16: Optional[bool] = _f(
         None, help="bfloat16 mixed precision; null: on when the GPU supports it, off on CPU."
     )
-    gradient_checkpointing: bool = _f(False, help="Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: Optional[bool] = _f(
+        False,
+        help="Recompute activations in the backward pass to save memory (~1/3 more compute); null: on only when the "
+        "estimated activations would not fit the GPU (off on CPU). Local SFT/DPO/GRPO/GSPO; PPO reads null as off.",
+    )
     packing: bool = _f(False, help="SFT: pack several examples into each max_length sequence.")
+    use_liger_kernel: Optional[bool] = _f(
+        None,
+        help="Liger Triton kernels (RMSNorm, RoPE, SwiGLU) for SFT and DPO; null: on with a CUDA GPU when liger-kernel "
+        "is installed (pip install 'fai-rl[liger]'), else off.",
+    )
+    fast_generation: Optional[bool] = _f(
+        None,
+        help="GRPO/GSPO: sample with a static KV cache and a compiled, CUDA-graphed decode step (same sampling, far "
+        "less per-token overhead; the first step compiles); null: on with a CUDA GPU, off on CPU.",
+    )
     logging_steps: int = _f(10, help="Write metrics every this many optimizer steps.")
     save_steps: int = _f(500, help="Save a resumable checkpoint every this many optimizer steps.")
     save_total_limit: Optional[int] = _f(None, help="Keep at most this many checkpoints (null: keep all).")
     eval_steps: Optional[int] = _f(
         None,
         help="Evaluate every this many steps; null evaluates only before and after training. Needs eval data.",
+    )
+    metric_for_best_model: Optional[str] = _f(
+        None,
+        help="Keep the best checkpoint by this eval metric (e.g. eval_loss, eval_reward; the eval_ prefix may be "
+        "left out); recorded as best_checkpoint / best_metric in summary.json. Needs eval data and eval_steps, and "
+        "save_steps a multiple of eval_steps. Local backend only.",
+    )
+    greater_is_better: Optional[bool] = _f(
+        None, help="Whether a higher metric_for_best_model is better; null: false for names ending in loss, else true."
+    )
+    load_best_model_at_end: bool = _f(
+        False, help="Save final/ from the best checkpoint (by metric_for_best_model) instead of the last step."
     )
     deepspeed_config: Optional[str] = _f(
         None,
@@ -323,6 +349,60 @@ class TinkerConfig:
     )
 
 
+# The judge prompt's placeholders (fai_rl.workflows.solver_judge renders them; rules.py checks them).
+JUDGE_PLACEHOLDERS = ("problem", "solutions", "num_solutions")
+DEFAULT_JUDGE_PROMPT = (
+    "You are an expert verifier. Given a problem and {num_solutions} attempted solutions, select a correct one.\n"
+    "Problem:\n{problem}\nSolutions:\n{solutions}\n"
+    "Output the number of a correct solution within <answer>...</answer> tags, e.g. <answer>1</answer>."
+)
+
+
+@dataclass
+class WorkflowConfig:
+    """GRPO/GSPO over multi-step workflows: the same policy plays several roles (docs/workflows.md)."""
+
+    type: str = _f(
+        "single",
+        help="single (one completion per prompt: plain GRPO/GSPO), solver_judge (solvers propose num_solutions "
+        "answers, a judge played by the same model picks one; both roles trained), or module:Class / "
+        "path/to/file.py:Class for your own workflow.",
+    )
+    num_solutions: int = _f(2, help="solver_judge: solutions the solver proposes per episode (the judge picks one).")
+    solver_prompt: Optional[str] = _f(
+        None,
+        help="The solver's user message, a template over the row's columns, e.g. 'Using the numbers {nums}, make "
+        "{target}.' (null: the row's prompt column, as plain GRPO uses it).",
+    )
+    judge_prompt: str = _f(
+        DEFAULT_JUDGE_PROMPT,
+        help="solver_judge: the judge's user message; placeholders {problem} (the solver's prompt text), "
+        "{solutions} (the candidates, one judge_solution_format each, joined by newlines), {num_solutions}.",
+    )
+    judge_solution_format: str = _f(
+        "Solution {index}: {solution}",
+        help="solver_judge: how each candidate is shown to the judge; placeholders {index} (from 1) and {solution}.",
+    )
+    solver_reward: float = _f(1.0, help="solver_judge: the solver's reward is this times the recipe rewards' total.")
+    judge_reward: float = _f(
+        1.0, help="solver_judge: the judge's reward is this when the solution it picks is correct, else 0."
+    )
+    correct_threshold: float = _f(
+        1.0,
+        help="A solution counts as correct (for the judge's reward, pass@k and judge accuracy) when the recipe "
+        "rewards' total reaches this; countdown gives 1.0 for a right equation and 0.1 for a well-formed miss.",
+    )
+    grouping: str = _f(
+        "trajectory",
+        help="GRPO groups: trajectory (rLLM's default: the trajectories of one role over the num_generations "
+        "episodes of a task form a group; each trajectory's reward is broadcast to its steps) or step (steps at the "
+        "same position of one role are grouped, each with its own reward).",
+        choices=("trajectory", "step"),
+    )
+    norm_adv_by_std: bool = _f(True, help="Divide advantages by their group's std (population std, as rLLM).")
+    kwargs: dict[str, Any] = _f({}, help="module:Class workflows: keyword arguments passed to the class.")
+
+
 @dataclass
 class Recipe:
     """A whole recipe."""
@@ -333,3 +413,108 @@ class Recipe:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     rewards: list[RewardSpec] = _f([], help="Reward functions for the RL algorithms, summed with their weights.")
     tinker: TinkerConfig = field(default_factory=TinkerConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fai-rl-eval: a second recipe type, loaded by the same machinery (fai_rl.config.load.load_eval_recipe).
+
+EVAL_TASK_TYPES = ("generate", "multiple_choice", "workflow")  # fai_rl.evaluation.run.TASK_TYPES runs each
+# workflow: the workflow's own metrics (solver and solver+judge pass@k, judge accuracy, reward per role)
+EVAL_METRICS = {"generate": ("exact_match", "numeric"), "multiple_choice": ("accuracy",), "workflow": ("workflow",)}
+
+
+@dataclass
+class EvalTaskConfig:
+    """One evaluation task: a dataset, how the model answers it, and how answers are scored."""
+
+    name: str = _f(help="Name of the task in the table, results.json and samples.jsonl.")
+    dataset: DatasetSpec = _f(
+        help="The data: a local file, dataset dir, hub dataset or built-in task (fai-rl/digits) with its split and "
+        "columns (prompt_column or messages_column, answer_column), as in data.datasets."
+    )
+    type: str = _f(
+        "generate",
+        help="generate: the model writes an answer, scored by `metrics` and `rewards`; multiple_choice: the model "
+        "picks one of `choices_column` (by log-likelihood or a generated letter, see multiple_choice_mode); "
+        "workflow: the workflow of `workflow_recipe` is run num_samples times per prompt (solver and solver+judge "
+        "pass@k, judge accuracy).",
+        choices=EVAL_TASK_TYPES,
+    )
+    metrics: list[str] = _f(
+        [],
+        help="generate: exact_match (normalised text equals the answer), numeric (final numbers equal, GSM8K-style "
+        "extraction as the math_answer reward); multiple_choice: accuracy. Empty: exact_match, resp. accuracy.",
+    )
+    rewards: list[RewardSpec] = _f(
+        [], help="Reward functions (as in a training recipe's rewards:) scored as extra metrics, named reward/<name>."
+    )
+    num_samples: int = _f(1, help="Completions sampled per prompt (n of pass@k); > 1 needs temperature > 0.")
+    pass_k: list[int] = _f(
+        [], help="The k of pass@k reported for each metric, each in 1..num_samples (empty: 1 and num_samples)."
+    )
+    pass_threshold: float = _f(
+        1.0, help="A sample counts as correct for pass@k when its metric score is at least this (rewards may be "
+        "fractional)."
+    )
+    temperature: float = _f(0.0, help="Sampling temperature; 0 is greedy decoding.")
+    top_p: float = _f(1.0, help="Nucleus sampling mass, in (0, 1].")
+    max_new_tokens: int = _f(256, help="Longest generated answer, in tokens.")
+    system_prompt: Optional[str] = _f(None, help="System message put first in every prompt that has none.")
+    chat_template: bool = _f(
+        True, help="Render prompts with the model's chat template (false: the prompt text as plain text)."
+    )
+    choices_column: str = _f("choices", help="multiple_choice: the column with the list of choice texts.")
+    multiple_choice_mode: str = _f(
+        "loglikelihood",
+        help="multiple_choice: loglikelihood (each choice's text scored as the reply; the most likely is the pick) "
+        "or generate (the choices are listed as A., B., ... and the first letter generated is the pick).",
+        choices=("loglikelihood", "generate"),
+    )
+    length_normalize: bool = _f(
+        False, help="multiple_choice loglikelihood: compare mean per-token log-probs instead of sums."
+    )
+    numeric_tolerance: float = _f(1e-6, help="numeric: largest absolute difference counted as equal.")
+    workflow_recipe: Optional[str] = _f(
+        None, help="workflow: a training recipe whose workflow: and rewards: sections define what runs and how it is "
+        "scored (e.g. recipes/quickstart/solver_judge.yaml); this task's dataset supplies the problems."
+    )
+
+
+@dataclass
+class EvaluationConfig:
+    """Which models to evaluate on which tasks, and where the results go."""
+
+    models: list[str] = _f(
+        help="Models to evaluate: run dirs (their final/), final/ or checkpoint-N dirs, LoRA adapter dirs, hub ids, "
+        "built-in models (fai-rl/tiny-sft) or tinker:// sampler paths."
+    )
+    tasks: list[EvalTaskConfig] = _f(help="The tasks every model is evaluated on.")
+    baseline: Optional[str] = _f(
+        None, help="A model (same forms as models) evaluated too and shown side by side, with each model's difference."
+    )
+    base_model: Optional[str] = _f(
+        None,
+        help="Base model of tinker:// paths (its tokenizer renders the prompts), e.g. Qwen/Qwen3-4B-Instruct-2507.",
+    )
+    output_dir: Optional[str] = _f(
+        None, help="Where results.json and samples.jsonl go (null: <run dir of the first model>/eval)."
+    )
+    batch_size: int = _f(64, help="Sequences (prompts x samples) generated together on a local model.")
+    device: Optional[str] = _f(None, help="Local device: cpu, cuda, cuda:1 (null: a GPU when there is one).")
+    dtype: str = _f(
+        "auto", help="Local weights dtype (auto: bfloat16 on a capable GPU, else float32).",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    seed: int = _f(0, help="Sampling seed (the same recipe samples the same completions on the same machine).")
+    tinker_base_url: Optional[str] = _f(
+        None, help="Tinker service URL for tinker:// models (null: TINKER_BASE_URL, else the SDK default)."
+    )
+    request_timeout_s: float = _f(600.0, help="Longest wait for one Tinker request.")
+
+
+@dataclass
+class EvalRecipe:
+    """An evaluation recipe (fai-rl-eval)."""
+
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

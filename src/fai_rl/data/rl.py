@@ -142,9 +142,6 @@ def _reply(value) -> str | None:
 
 def render_prompts(tokenizer, rows: list[dict], max_length: int | None = None) -> list[list[int]]:
     """Token ids of each row's prompt through the chat template with the assistant turn opened (left-truncated)."""
-    out = []
-    for row in rows:
-        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)["input_ids"]
-        out.append(ids[-max_length:] if max_length else ids)
-    return out
+    from fai_rl.sampling import render_chat
+
+    return [render_chat(tokenizer, row["prompt"], max_length) for row in rows]

@@ -7,8 +7,8 @@ Everything that can be wrong with a recipe (models that do not resolve, data wit
 that do not import) is found before the first model loads; the files are written at the end, each through a
 temporary file renamed into place, so a failed or interrupted evaluation leaves no half-written results.
 
-Task types dispatch through TASK_TYPES: a new kind of task (e.g. a workflow evaluated end to end) is one function
-`(sampler, task, examples, seed) -> TaskResult` and one entry there (and in config.schema.EVAL_TASK_TYPES).
+Task types dispatch through TASK_TYPES: a new kind of task is one function `(sampler, task, examples, seed) ->
+TaskResult` and one entry there (and in config.schema.EVAL_TASK_TYPES); `workflow` runs a fai_rl.workflows workflow.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def describe_plan(plan: Plan) -> str:
 
 def evaluate_generate(sampler: Sampler, task: EvalTaskConfig, examples: list[Example], seed: int) -> TaskResult:
     """Sample num_samples answers per prompt; score each with the metrics and rewards; mean and pass@k of each."""
-    prompts = [render_chat(sampler.tokenizer, ex.messages, task.chat_template) for ex in examples]
+    prompts = [render_chat(sampler.tokenizer, ex.messages, chat_template=task.chat_template) for ex in examples]
     groups = sampler.generate(prompts, n=task.num_samples, temperature=task.temperature, top_p=task.top_p,
                               max_new_tokens=task.max_new_tokens, seed=seed)
     flat = [(ex, j, c) for ex, group in zip(examples, groups, strict=True) for j, c in enumerate(group)]
@@ -141,7 +141,7 @@ def evaluate_multiple_choice(sampler: Sampler, task: EvalTaskConfig, examples: l
                              seed: int) -> TaskResult:
     """Pick a choice per question, by the highest log-likelihood of its text or by a generated letter; accuracy."""
     if task.multiple_choice_mode == "generate":
-        prompts = [render_chat(sampler.tokenizer, ex.messages, task.chat_template) for ex in examples]
+        prompts = [render_chat(sampler.tokenizer, ex.messages, chat_template=task.chat_template) for ex in examples]
         groups = sampler.generate(prompts, n=task.num_samples, temperature=task.temperature, top_p=task.top_p,
                                   max_new_tokens=task.max_new_tokens, seed=seed)
         picks = [[(parse_letter(c.text, len(ex.choices)), c.text, None) for c in group]
@@ -149,7 +149,7 @@ def evaluate_multiple_choice(sampler: Sampler, task: EvalTaskConfig, examples: l
     else:
         picks = []
         for ex in examples:
-            prompt = render_chat(sampler.tokenizer, ex.messages, task.chat_template)
+            prompt = render_chat(sampler.tokenizer, ex.messages, chat_template=task.chat_template)
             space = "" if task.chat_template else " "  # a plain-text continuation starts after a space
             conts = [sampler.tokenizer(space + c, add_special_tokens=False)["input_ids"] for c in ex.choices]
             logprobs = sampler.score_continuations(prompt, conts)
@@ -171,10 +171,63 @@ def evaluate_multiple_choice(sampler: Sampler, task: EvalTaskConfig, examples: l
     return TaskResult(_aggregate(scores, examples, task), samples)
 
 
-# The one dispatch from evaluation.tasks[].type to what runs it (the lead's workflow evaluation adds a line here).
+def evaluate_workflow_task(sampler: Sampler, task: EvalTaskConfig, examples: list[Example], seed: int) -> TaskResult:
+    """Run the workflow of task.workflow_recipe num_samples times per prompt (fai_rl.workflows); its metrics, with
+    `solver` and `solver+judge` as correct-answer rates with pass@k, and one sample record per trajectory."""
+    import torch
+
+    from fai_rl.config.load import load_recipe
+    from fai_rl.rewards import build_rewards
+    from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, summarize_episodes
+
+    recipe = load_recipe(task.workflow_recipe)
+    workflow = build_workflow(recipe, reward_scorer(build_rewards(recipe)))
+    template = recipe.workflow.solver_prompt
+    rows = [{**ex.columns, "prompt": [{"role": "user", "content": template.format(**ex.columns)}] if template
+             else ex.messages} for ex in examples]
+    torch.manual_seed(seed)
+    n = task.num_samples
+    episodes = run_workflow(workflow, [row for row in rows for _ in range(n)], _WorkflowSampler(sampler, task, seed))
+    by_task = [episodes[i * n : (i + 1) * n] for i in range(len(rows))]
+    flat: dict[str, float] = {}
+    for k in task.pass_k:
+        flat.update(summarize_episodes(by_task, k))
+    metrics: dict[str, dict[str, float]] = {}
+    for name, value in flat.items():
+        role, _, stat = name.partition("_pass@")
+        if stat:  # solver_pass@k / judge_pass@k: the solver alone, and the judge's pick (solver + judge)
+            metrics.setdefault("solver" if role == "solver" else "solver+judge", {})[f"pass@{stat}"] = value
+        else:
+            metrics[name] = {"mean": value}
+    for stats in metrics.values():
+        stats.setdefault("mean", stats.get("pass@1", float("nan")))
+    samples = [{"index": ex.index, "sample": j, "prompt": rows[i]["prompt"][-1]["content"], "reference": ex.reference,
+                "trajectories": [{"role": t.name, "reward": t.reward, "correct": t.correct,
+                                  "completions": [step.text for step in t.steps]} for t in episode.trajectories]}
+               for i, (ex, group) in enumerate(zip(examples, by_task, strict=True)) for j, episode in enumerate(group)]
+    return TaskResult(metrics, samples)
+
+
+class _WorkflowSampler:
+    """An eval Sampler seen through the workflows' Sampler interface, with the task's sampling settings."""
+
+    def __init__(self, sampler: Sampler, task: EvalTaskConfig, seed: int):
+        self.sampler, self.task, self.seed, self.tokenizer = sampler, task, seed, sampler.tokenizer
+        self.calls = 0
+
+    def sample(self, prompts, n, max_tokens=None, temperature=None):
+        self.calls += 1  # a new seed per call: the solver and judge stages must not replay the same random stream
+        return self.sampler.generate(prompts, n=n, temperature=self.task.temperature if temperature is None
+                                     else temperature, top_p=self.task.top_p,
+                                     max_new_tokens=max_tokens or self.task.max_new_tokens,
+                                     seed=self.seed + self.calls)
+
+
+# The one dispatch from evaluation.tasks[].type to what runs it.
 TASK_TYPES: dict[str, Callable[[Sampler, EvalTaskConfig, list[Example], int], TaskResult]] = {
     "generate": evaluate_generate,
     "multiple_choice": evaluate_multiple_choice,
+    "workflow": evaluate_workflow_task,
 }
 
 

@@ -7,31 +7,21 @@
 
 Prompts are token ids (render them with `render_chat`), so both backends see exactly the same tokens. Generation stops
 at the tokenizer's EOS or `<|im_end|>`; the stop token is kept in `tokens`, left out of `text`. Temperature 0 is
-greedy. Local generation is batched with left padding, `batch_size` sequences (prompts x n) per call; top_k is off, so
-temperature and top_p alone shape the distribution, as in training. `logprobs` are each sampled token's log-prob under
-the model (before temperature) locally and as the service reports them on Tinker.
-
-The lead reconciles this with fai_rl.workflows' sampler later; keep the interface small.
+greedy. The engines are fai_rl.sampling's (the ones training rollouts use): batched with left padding, `batch_size`
+sequences (prompts x n) per call, top_k off, so temperature and top_p alone shape the distribution, as in training;
+`logprobs` are under the distribution sampled from locally, and as the service reports them on Tinker.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Protocol
 
 from fai_rl.errors import BackendError, UsageError
 from fai_rl.models.source import ModelSource
+from fai_rl.sampling import Completion, generate_local, render_chat, sample_tinker, stop_token_ids
 
-
-@dataclass
-class Completion:
-    """One sampled reply: its token ids (with the stop token when it stopped), text, per-token log-probs."""
-
-    tokens: list[int]
-    text: str
-    logprobs: list[float] | None
-    stopped: bool  # ended with a stop token (else it was cut at max_new_tokens)
+__all__ = ["Completion", "Sampler", "open_sampler", "render_chat"]
 
 
 class Sampler(Protocol):
@@ -47,34 +37,12 @@ class Sampler(Protocol):
         """Summed log-probability of each continuation after the prompt."""
 
 
-def render_chat(tokenizer, messages: list[dict], chat_template: bool = True) -> list[int]:
-    """Token ids of a conversation through the chat template with the assistant turn opened; without a template (or
-    chat_template=False) the message contents joined by newlines, as plain text."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True)["input_ids"])
-    text = "\n".join(str(m["content"]) for m in messages)
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """EOS and `<|im_end|>` (the end of a chat turn), where the tokenizer has them."""
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
-
-
 def open_sampler(source: ModelSource, device: str | None = None, dtype: str = "auto", batch_size: int = 64,
                  tinker_base_url: str | None = None, request_timeout_s: float = 600.0) -> Sampler:
     """A LocalSampler, or a TinkerSampler for tinker:// sources."""
     if source.kind == "tinker":
         return TinkerSampler(source, base_url=tinker_base_url, timeout=request_timeout_s)
     return LocalSampler(source, device=device, dtype=dtype, batch_size=batch_size)
-
-
-def _split(tokenizer, tokens: list[int], stops: list[int], logprobs: list[float] | None) -> Completion:
-    stopped = bool(tokens) and tokens[-1] in stops
-    text = tokenizer.decode(tokens[:-1] if stopped else tokens, skip_special_tokens=True)
-    return Completion(tokens, text, logprobs, stopped)
 
 
 class LocalSampler:
@@ -90,47 +58,14 @@ class LocalSampler:
         self.model, self.tokenizer = load_for_inference(source, device=device, dtype=dtype, merge=True)
         self.device = self.model.device
         self.batch_size = max(1, batch_size)
-        self.stops = stop_token_ids(self.tokenizer)
+        self.stops = stop_token_ids(self.tokenizer, self.model)
 
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=256, seed=0):
         import torch
 
         torch.manual_seed(seed)  # one seed per call: the same recipe samples the same completions
-        per_call = max(1, self.batch_size // n)  # prompts per generate() call; each expands to n sequences
-        out: list[list[Completion]] = []
-        for start in range(0, len(prompts), per_call):
-            out += self._generate_batch(prompts[start:start + per_call], n, temperature, top_p, max_new_tokens)
-        return out
-
-    def _generate_batch(self, prompts, n, temperature, top_p, max_new_tokens):
-        import torch
-
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        sampling = temperature > 0
-        kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else \
-            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with torch.no_grad():
-            result = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                eos_token_id=self.stops, pad_token_id=pad, output_logits=True, return_dict_in_generate=True,
-                **kwargs,
-            )
-        new = result.sequences[:, width:]  # (prompts x n, steps)
-        logprobs = torch.stack(result.logits, dim=1).float().log_softmax(-1)  # raw logits: before temperature
-        picked = logprobs.gather(-1, new[:, :, None])[:, :, 0]
-        out = []
-        for i in range(len(prompts)):
-            group = []
-            for j in range(n):
-                row = i * n + j
-                tokens = new[row].tolist()
-                length = next((k + 1 for k, t in enumerate(tokens) if t in self.stops), len(tokens))
-                group.append(_split(self.tokenizer, tokens[:length], self.stops, picked[row, :length].tolist()))
-            out.append(group)
-        return out
+        return generate_local(self.model, self.tokenizer, prompts, n, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, stops=self.stops, batch_size=self.batch_size)
 
     def score_continuations(self, prompt, continuations):
         import torch
@@ -194,18 +129,8 @@ class TinkerSampler:
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=256, seed=0):
         params = self.tinker.SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                             seed=seed, stop=self.stops)
-        futures = [self.client.sample(prompt=self.tinker.ModelInput.from_ints(list(p)), num_samples=n,
-                                      sampling_params=params) for p in prompts]
-        out = []
-        for future in futures:
-            result = self._wait(future, f"sampling from {self.source.path}")
-            group = []
-            for seq in result.sequences:
-                tokens = list(seq.tokens)
-                logprobs = list(seq.logprobs) if seq.logprobs is not None else None
-                group.append(_split(self.tokenizer, tokens, self.stops, logprobs))
-            out.append(group)
-        return out
+        return sample_tinker(self.client, self.tinker, self.tokenizer, prompts, n, params, self._wait,
+                             f"sampling from {self.source.path}")
 
     def score_continuations(self, prompt, continuations):
         futures = [self.client.compute_logprobs(self.tinker.ModelInput.from_ints(list(prompt) + list(c)))

@@ -31,6 +31,74 @@ def use_bf16(recipe: Recipe) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def use_liger_kernel(recipe: Recipe) -> bool:
+    """training.use_liger_kernel, with null resolved to: on for SFT/DPO with a CUDA GPU and liger-kernel installed.
+
+    GRPO/GSPO stay off by default: their time is generation, and TRL's liger GRPO loss is a separate code path.
+    """
+    if recipe.training.use_liger_kernel is not None:
+        return recipe.training.use_liger_kernel
+    import importlib.util
+
+    import torch
+
+    return (recipe.training.algorithm in ("sft", "dpo") and torch.cuda.is_available()
+            and importlib.util.find_spec("liger_kernel") is not None)
+
+
+def use_gradient_checkpointing(recipe: Recipe) -> bool:
+    """training.gradient_checkpointing, with null resolved to: on when the run would not fit the GPU without it.
+
+    Recomputing activations costs ~1/3 more compute (SFT full fine-tune of Qwen3-0.6B at seq 2048 on an H100: 56k
+    tokens/s with it, 84k without, at 25 GiB instead of 7), so it is only worth it where memory forces it. The
+    estimate (estimated_gpu_bytes) is deliberately generous; off on CPU, where it only costs time.
+    """
+    if recipe.training.gradient_checkpointing is not None:
+        return recipe.training.gradient_checkpointing
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return estimated_gpu_bytes(recipe) > 0.8 * total
+
+
+def estimated_gpu_bytes(recipe: Recipe) -> float:
+    """Peak GPU bytes of one process training this recipe without activation checkpointing (a generous estimate).
+
+    Weights (+ gradients and AdamW state for a full fine-tune) plus activations of one micro-batch at
+    2 bytes x layers x (8 h + 4 intermediate + 2 d_attn + 2 d_kv) per token (calibrated on Qwen3-0.6B with Liger: 8%
+    above the measured peak; x1.15 for LoRA's extra saved tensors), plus fp32 logits for the RL losses.
+    """
+    from transformers import AutoConfig
+
+    m, t, d = recipe.model, recipe.training, recipe.data
+    c = AutoConfig.from_pretrained(resolve_model_path(m.base_model_name), trust_remote_code=m.trust_remote_code)
+    c = getattr(c, "text_config", c)
+    h, inter, layers, vocab = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
+    head_dim = getattr(c, "head_dim", None) or h // c.num_attention_heads
+    d_attn, d_kv = c.num_attention_heads * head_dim, getattr(c, "num_key_value_heads", c.num_attention_heads) * head_dim
+    params = layers * (2 * h * d_attn + 2 * h * d_kv + 3 * h * inter) + vocab * h * (1 if c.tie_word_embeddings else 2)
+    weight_bytes = 0.55 if m.load_in_4bit else 1.0 if m.load_in_8bit else 2.0 if torch_dtype(m).itemsize == 2 else 4.0
+    state = params * (weight_bytes if m.use_lora else 4 * weight_bytes)  # full: weights, grads, two AdamW moments
+    if t.algorithm in ("grpo", "gspo", "ppo"):
+        tokens = t.per_device_train_batch_size * (d.max_length + t.max_completion_length)
+    else:
+        tokens = t.per_device_train_batch_size * d.max_length * (2 if t.algorithm == "dpo" else 1)
+    activations = tokens * layers * 2 * (8 * h + 4 * inter + 2 * d_attn + 2 * d_kv) * (1.15 if m.use_lora else 1.0)
+    logits = tokens * vocab * 4 if t.algorithm in ("grpo", "gspo", "ppo") else 0
+    return state + activations + logits
+
+
+def use_fast_generation(recipe: Recipe) -> bool:
+    """training.fast_generation, with null resolved to: on with a CUDA GPU (torch.compile + CUDA graphs), off on CPU."""
+    if recipe.training.fast_generation is not None:
+        return recipe.training.fast_generation
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def torch_dtype(model: ModelConfig):
     import torch
 

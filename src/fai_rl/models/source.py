@@ -117,7 +117,9 @@ def _read_json(path: Path) -> dict:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or spec.endswith("/")
+    # `runs/x` is also the shape of a hub id (owner/name): a first part that is a local dir says it is a path
+    return (spec.startswith((".", "/", "~")) or spec.count("/") != 1 or spec.endswith("/")
+            or Path(spec.split("/")[0]).is_dir())
 
 
 def load_for_inference(source: ModelSource, device: str | None = None, dtype: str = "auto", merge: bool = True):

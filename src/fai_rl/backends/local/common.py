@@ -13,8 +13,14 @@ from transformers import TrainerCallback, TrainingArguments
 from fai_rl.artifacts import RunDir, checkpoints
 from fai_rl.config.deepspeed import resolve_deepspeed_config
 from fai_rl.config.schema import Recipe
-from fai_rl.errors import RecipeError
-from fai_rl.models.load import accelerator, use_bf16
+from fai_rl.errors import BackendError, RecipeError
+from fai_rl.models.load import (
+    accelerator,
+    use_bf16,
+    use_fast_generation,
+    use_gradient_checkpointing,
+    use_liger_kernel,
+)
 
 # transformers 5.2x renamed gradient_checkpointing (the old name warns); older 5.x only knows the old one.
 _CHECKPOINTING_ARG = (
@@ -56,10 +62,29 @@ def start_cpu_processes() -> bool:
     return True
 
 
+def resolved_performance(recipe: Recipe) -> dict:
+    """The speed settings this machine resolves the recipe's null ("auto") values to; logged at the start of a run."""
+    perf = {"gradient_checkpointing": use_gradient_checkpointing(recipe), "use_liger_kernel": use_liger_kernel(recipe)}
+    if recipe.training.algorithm in ("grpo", "gspo"):
+        perf["fast_generation"] = use_fast_generation(recipe) and not recipe.training.use_vllm
+    return perf
+
+
 def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool = True) -> dict:
     """The recipe's `training:` keys as transformers/TRL TrainingArguments keyword arguments: the one mapping."""
     t = recipe.training
     configured = start_cpu_processes()
+    perf = resolved_performance(recipe)
+    if perf["use_liger_kernel"]:
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise BackendError(
+                "training.use_liger_kernel: true but liger-kernel is not installed; pip install 'fai-rl[liger]', or "
+                "set it null (auto) or false."
+            )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("performance: " + ", ".join(f"{k} {v}" for k, v in perf.items()), flush=True)
     return {
         "output_dir": t.output_dir,
         "learning_rate": t.learning_rate,
@@ -76,7 +101,8 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
         "seed": t.seed,
         "data_seed": t.seed,
         "bf16": use_bf16(recipe),
-        _CHECKPOINTING_ARG: t.gradient_checkpointing,
+        _CHECKPOINTING_ARG: perf["gradient_checkpointing"],
+        "use_liger_kernel": perf["use_liger_kernel"],
         "logging_steps": t.logging_steps,
         "logging_first_step": True,
         "save_strategy": "steps",
@@ -85,6 +111,12 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
         "eval_strategy": "steps" if t.eval_steps is not None else "no",
         "eval_steps": t.eval_steps,
         "eval_on_start": has_eval,  # the "before" number every run's summary compares against
+        # keep the best checkpoint (rules.py: eval data, eval_steps, save_steps a multiple of them): HF Trainer
+        # tracks it at each evaluation, never rotates it out (save_total_limit), and with load_best_model_at_end
+        # reloads it before final/ is saved
+        "metric_for_best_model": t.metric_for_best_model,
+        "greater_is_better": t.greater_is_better,
+        "load_best_model_at_end": t.load_best_model_at_end,
         "deepspeed": resolve_deepspeed_config(recipe, use_bf16(recipe)) if t.deepspeed_config else None,
         "accelerator_config": {"use_configured_state": configured},  # keep the gloo state set up just above
         "ddp_find_unused_parameters": False,  # every trainable weight is used; the search costs a graph walk a step
@@ -242,6 +274,9 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
         peak_gpu_memory_gib=peak_gpu_memory_gib(),
         processes=trainer.accelerator.num_processes,
         final_dir=str(final),
+        **({"best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
+            "metric_for_best_model": recipe.training.metric_for_best_model}
+           if recipe.training.metric_for_best_model else {}),
     )
 
 

@@ -73,7 +73,7 @@ def _ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
 
 
-def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict | None:
+def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir, callbacks: list | None = None) -> dict | None:
     """Train with DPOTrainer (held-out preference accuracy before and after); summary on the main process."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -97,6 +97,6 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict | None:
         eval_dataset=Dataset.from_list(prepared.eval) if has_eval else None,
         processing_class=prepared.tokenizer,
         peft_config=lora_config(recipe.model),
-        callbacks=[MetricsCallback(run)],
+        callbacks=[MetricsCallback(run), *(callbacks or [])],  # extra: e.g. scripts/bench.py's step timer
     )
     return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)

@@ -53,6 +53,7 @@ from fai_rl.backends.local.common import (
 from fai_rl.config.deepspeed import resolve_deepspeed_config, zero_stage
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import render_prompts
+from fai_rl.sampling import stop_token_ids
 from fai_rl.models.load import (
     accelerator,
     load_causal_lm,
@@ -380,7 +381,7 @@ class PPORun:
         self.scheduler = scheduler
         if self.reference is not None:
             self.reference.to(self.accelerator.device)
-        self.eos_ids = _eos_ids(self.tokenizer, self.unwrapped.policy)
+        self.eos_ids = stop_token_ids(self.tokenizer, self.unwrapped.policy)
         if resume is not None:
             if self.deepspeed:  # the engine's own checkpoint: optimizer shards (and trainable weights) per process
                 self.model.load_checkpoint(str(resume.path), load_module_strict=False, load_lr_scheduler_states=False)
@@ -699,12 +700,6 @@ def _epoch_order(n: int, seed: int) -> list[int]:
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return order
-
-
-def _eos_ids(tokenizer, policy) -> list[int]:
-    ids = policy.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    return sorted({*ids, tokenizer.eos_token_id} - {None})
 
 
 def _save_rng(path: Path, rank: int) -> None:

@@ -70,7 +70,7 @@ def _mark_loss(ids: list[int], labels: list[int], tokenizer) -> str:
     return "".join(out)
 
 
-def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict | None:
+def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir, callbacks: list | None = None) -> dict | None:
     """Train with SFTTrainer, evaluate before and after, write final/; returns the summary (main process only)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -95,6 +95,6 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict | None:
         eval_dataset=as_dataset(d.eval) if has_eval else None,
         processing_class=prepared.tokenizer,
         peft_config=lora_config(recipe.model),
-        callbacks=[MetricsCallback(run)],
+        callbacks=[MetricsCallback(run), *(callbacks or [])],  # extra: e.g. scripts/bench.py's step timer
     )
     return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)

@@ -85,7 +85,7 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
             # Every completion is sent, advantage 0 or not: a batch of constant size keeps the service's compiled
             # shapes warm (dropping the zero-advantage groups made each step a new shape, 5-10x slower on the test
             # server), and the update is the same.
-            metrics.update(_update(session, recipe, samples, per_token, step, total))
+            metrics.update(update_policy(session, recipe, samples, per_token, step, total))
             sampler = session.sampling_client(f"sampler-{step + 1:06d}")
             metrics["step_time_s"] = time.time() - step_began
             log(step + 1, metrics)
@@ -104,8 +104,12 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
     return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated)
 
 
-def _update(session: TinkerSession, recipe: Recipe, samples, per_token, step: int, total: int) -> dict:
-    """num_iterations x (forward_backward + optim_step), both submitted before either is awaited."""
+def update_policy(session: TinkerSession, recipe: Recipe, samples, per_token, step: int, total: int) -> dict:
+    """num_iterations x (forward_backward + optim_step), both submitted before either is awaited.
+
+    `samples` need .prompt, .completion, .logprobs and .tokens() (rollouts.Sample); the workflow loop
+    (fai_rl.backends.tinker.workflow) sends its steps through here too.
+    """
     t, tinker = recipe.training, session.tinker
     data = [rollouts.rl_datum(tinker, s, adv_t) for s, adv_t in zip(samples, per_token, strict=True)]
     out = {}

@@ -14,6 +14,7 @@ from fai_rl.backends.tinker.common import TinkerResume, TinkerSession, check_api
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows, render_prompts
 from fai_rl.models.load import load_tokenizer
+from fai_rl.sampling import sample_tinker, stop_token_ids
 
 
 @dataclass
@@ -73,31 +74,16 @@ class Sample:
         return self.prompt + self.completion
 
 
-def stop_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
-
-
 def sample(session: TinkerSession, sampler, rows: list[dict], per_prompt: int, prepared: PreparedRL,
            recipe: Recipe, what: str) -> list[Sample]:
     """`per_prompt` completions of each row, grouped consecutively; all requests are sent before any is awaited."""
     tinker, t, tok = session.tinker, recipe.training, prepared.tokenizer
-    stops = stop_ids(tok)
     params = tinker.SamplingParams(max_tokens=t.max_completion_length, temperature=t.temperature, top_p=t.top_p,
-                                   stop=stops)
+                                   stop=stop_token_ids(tok))
     prompts = [prompt_ids(tok, row, recipe) for row in rows]
-    futures = [sampler.sample(prompt=tinker.ModelInput.from_ints(ids), num_samples=per_prompt, sampling_params=params)
-               for ids in prompts]
-    out = []
-    for row, ids, future in zip(rows, prompts, futures, strict=True):
-        result = session.wait(future, what)
-        for seq in result.sequences:
-            tokens = list(seq.tokens)
-            stopped = bool(tokens) and tokens[-1] in stops
-            text = tok.decode(tokens[:-1] if stopped else tokens, skip_special_tokens=True)
-            logprobs = list(seq.logprobs) if seq.logprobs is not None else [0.0] * len(tokens)
-            out.append(Sample(row, ids, tokens, logprobs, text, stopped))
-    return out
+    groups = sample_tinker(sampler, tinker, tok, prompts, per_prompt, params, session.wait, what)
+    return [Sample(row, ids, c.tokens, c.logprobs, c.text, c.stopped)
+            for row, ids, group in zip(rows, prompts, groups, strict=True) for c in group]
 
 
 def score(samples: list[Sample], prepared: PreparedRL, recipe: Recipe) -> dict[str, float]:

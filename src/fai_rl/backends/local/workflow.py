@@ -1,0 +1,188 @@
+"""GRPO / GSPO over multi-step workflows on the local backend: a small loop of our own (TRL's GRPOTrainer samples one
+completion per prompt and cannot express several roles per episode).
+
+GRPO (Shao et al., 2024) over rLLM-style workflows (rllm-org/rllm v0.2, AgentWorkflowTrainer): each step runs the
+workflow `num_generations` times on each of its tasks with the current policy (fai_rl.workflows.samplers.LocalSampler:
+HF generate), groups the trajectories per task and role (fai_rl.workflows.grouping), and makes `num_iterations`
+AdamW updates with the clipped importance-sampled objective against the sampler's log-probs: token-level ratios
+normalised over all tokens of the batch (DAPO's token mean; fai_rl.rl_math.token_policy_loss) for grpo, one
+length-normalised ratio per sequence for gspo (fai_rl.rl_math.sequence_ratio_loss). LoRA (peft) or all weights.
+
+Departures: no KL term (training.beta is ignored here: rules reject beta > 0 with a workflow); one process (no DDP);
+`loss_type` is fixed to the token mean; no resumable checkpoints (final/ is saved at the end). Sequences whose
+advantage is 0 are skipped in the update, which changes nothing (their gradient is 0) but saves the compute.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+from fai_rl.artifacts import RunDir
+from fai_rl.backends.local.common import peak_gpu_memory_gib, save_final
+from fai_rl.config.schema import Recipe
+from fai_rl.errors import RecipeError
+from fai_rl.models.load import accelerator, load_causal_lm, load_tokenizer, lora_config
+from fai_rl.rl_math import sequence_ratio_loss, token_policy_loss
+from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
+from fai_rl.workflows.data import describe_workflow, load_workflow_rows
+from fai_rl.workflows.loop import evaluate, rollout_metrics, step_tasks, tasks_per_step
+from fai_rl.workflows.samplers import LocalSampler
+
+HEADLINE = ("reward/solver", "reward/judge", "solver_acc", "judge_acc", "eval_solver_pass@1", "eval_judge_accuracy",
+            "eval_judge_pass@1", "loss")
+MICRO_BATCH = 64  # sequences per forward/backward pass of the update
+
+
+@dataclass
+class PreparedWorkflow:
+    tokenizer: object
+    train: list[dict]
+    eval: list[dict]
+    rewards: list
+    workflow: object
+    resume: None = None
+
+
+def prepare(recipe: Recipe, resume: str | None) -> PreparedWorkflow:
+    """Tokenizer, task rows, reward functions and the workflow object; nothing written."""
+    from fai_rl.rewards import build_rewards
+
+    if resume is not None:
+        raise RecipeError("--resume: workflow runs on the local backend save no resumable checkpoints (only final/); "
+                          "start a fresh run, optionally from final/ via model.base_model_name.")
+    tokenizer = load_tokenizer(recipe.model)
+    train, evaluation = load_workflow_rows(recipe)
+    rewards = build_rewards(recipe)
+    return PreparedWorkflow(tokenizer, train, evaluation, rewards, build_workflow(recipe, reward_scorer(rewards)))
+
+
+def describe(recipe: Recipe, prepared: PreparedWorkflow) -> str:
+    return describe_workflow(recipe, prepared.tokenizer, prepared.train, prepared.eval, prepared.rewards)
+
+
+def build_policy(recipe: Recipe):
+    """The policy to train (LoRA-wrapped when asked), dropout off so update log-probs match the sampler's."""
+    model = load_causal_lm(recipe.model)
+    config = lora_config(recipe.model)
+    if config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, config)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model.to(accelerator())
+
+
+def sequence_logprobs(model, steps, temperature: float) -> list[torch.Tensor]:
+    """Each step's completion-token log-probs under `model` (right-padded batch, one forward pass)."""
+    device = next(model.parameters()).device
+    sequences = [s.prompt_tokens + s.completion_tokens for s in steps]
+    width = max(len(x) for x in sequences)
+    ids = torch.zeros((len(steps), width), dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(sequences):
+        ids[i, : len(x)] = torch.tensor(x, device=device)
+        mask[i, : len(x)] = 1
+    logits_bsv = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float() / temperature
+    # position j predicts token j + 1: log p of every next token at once, then each completion's slice
+    logprobs_bs = logits_bsv.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_bsv, dim=-1)
+    return [logprobs_bs[i, len(s.prompt_tokens) - 1 : len(x) - 1] for i, (s, x) in enumerate(zip(steps, sequences))]
+
+
+def update(model, optimizer, scored, recipe: Recipe) -> dict[str, float]:
+    """One optimizer step on the scored steps (micro-batched; zero-advantage steps skipped, their gradient is 0)."""
+    t = recipe.training
+    high = t.epsilon_high if t.epsilon_high is not None else t.epsilon
+    total_tokens = sum(len(s.step.completion_tokens) for s in scored)
+    live = [s for s in scored if s.advantage != 0 and s.step.completion_tokens]
+    live.sort(key=lambda s: len(s.step.prompt_tokens) + len(s.step.completion_tokens))  # little padding
+    model.train()
+    loss_sum, clipped = 0.0, 0.0
+    for start in range(0, len(live), MICRO_BATCH):
+        chunk = live[start : start + MICRO_BATCH]
+        new = sequence_logprobs(model, [s.step for s in chunk], t.temperature)
+        old = [torch.tensor(s.step.logprobs, device=n.device) for s, n in zip(chunk, new, strict=True)]
+        advantages = [s.advantage for s in chunk]
+        if t.importance_sampling_level == "sequence":
+            loss, stats = sequence_ratio_loss(new, old, advantages, epsilon=t.epsilon, epsilon_high=high)
+            loss = loss * len(chunk) / len(scored)  # the mean over every sequence of the batch
+        else:
+            loss, stats = token_policy_loss(new, old, advantages, epsilon=t.epsilon, epsilon_high=high,
+                                            total_tokens=total_tokens)
+        loss.backward()
+        loss_sum += loss.item()
+        clipped += stats["clip_ratio"] * len(chunk)
+    if t.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_sum, "clip_ratio": clipped / max(1, len(live))}
+
+
+def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
+    from transformers import get_scheduler
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    t, w = recipe.training, recipe.workflow
+    torch.manual_seed(t.seed)
+    model = build_policy(recipe)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    per_step = tasks_per_step(recipe)
+    total = t.max_steps or max(1, math.ceil(t.num_train_epochs * len(prepared.train) / per_step))
+    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=t.warmup_steps,
+                              num_training_steps=total)
+    sampler = LocalSampler(model, prepared.tokenizer, max_tokens=t.max_completion_length, temperature=t.temperature,
+                           top_p=t.top_p)
+    print(f"workflow {w.type} with {t.algorithm} on this backend: {per_step} tasks x {t.num_generations} episodes "
+          f"per step, grouping {w.grouping}, steps 1..{total}", flush=True)
+
+    def log(step: int, metrics: dict) -> None:
+        run.log_metrics(step, metrics)
+        body = "  ".join(f"{k} {metrics[k]:.4g}" for k in HEADLINE if k in metrics)
+        print(f"step {step}/{total}  {body}", flush=True)
+
+    if prepared.eval:
+        log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+    began, tokens, window = time.time(), 0, []
+    for step in range(1, total + 1):
+        tasks = step_tasks(prepared.train, step - 1, per_step, t.seed)
+        episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)], sampler)
+        scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
+                                 w.norm_adv_by_std)
+        tokens += sum(len(s.step.prompt_tokens) + len(s.step.completion_tokens) for s in scored)
+        metrics = {**rollout_metrics(episodes), "learning_rate": scheduler.get_last_lr()[0]}
+        for _ in range(t.num_iterations):
+            metrics.update(update(model, optimizer, scored, recipe))
+        scheduler.step()
+        window.append(metrics)
+        if step % t.logging_steps == 0 or step == 1 or step == total:
+            log(step, {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window) for k in window[-1]})
+            window = []
+        if prepared.eval and t.eval_steps and step % t.eval_steps == 0 and step != total:
+            log(step, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+    runtime = time.time() - began
+    if prepared.eval:
+        log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+    final = save_final(_saver(model, total), prepared.tokenizer, recipe, run)
+    return run.write_summary(
+        algorithm=t.algorithm, backend=t.backend, workflow=w.type, global_step=total, resumed_from_step=None,
+        train_runtime_s=round(runtime, 2), train_tokens=tokens,
+        tokens_per_s=round(tokens / runtime, 1) if runtime else None, peak_gpu_memory_gib=peak_gpu_memory_gib(),
+        processes=1, final_dir=str(final),
+    )
+
+
+def _saver(model, step: int):
+    """What common.save_final asks of a trainer, for a one-process loop: save_model and the step."""
+    one_process = SimpleNamespace(wait_for_everyone=lambda: None)
+    return SimpleNamespace(is_world_process_zero=lambda: True, accelerator=one_process,
+                           save_model=lambda path: model.save_pretrained(path),
+                           state=SimpleNamespace(global_step=step))

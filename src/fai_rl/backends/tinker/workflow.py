@@ -1,0 +1,123 @@
+"""GRPO / GSPO over multi-step workflows on the Tinker backend: episodes sampled through the SamplingClient, the
+update through the same loss path as plain GRPO (fai_rl.backends.tinker.grpo.update_policy).
+
+The loop is fai_rl.backends.local.workflow's (rLLM-style workflows, grouped per trajectory or step, GRPO advantages;
+see its docstring and docs/workflows.md) with the Tinker pieces of tinker/grpo.py: every step samples through a
+sampler on the current weights (fai_rl.workflows.samplers.TinkerSampler, all requests in flight at once), each step of
+each trajectory becomes one datum of the service's `importance_sampling` (or `ppo`) loss with its advantage on every
+completion token (rollouts.rl_datum), GSPO goes through forward_backward_custom, and forward_backward + optim_step are
+submitted before either is awaited.
+
+Departures: no KL term (training.beta must be 0 with a workflow); evaluation is evaluate_workflow's pass@k metrics on
+the held-out tasks rather than eval_reward.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fai_rl.artifacts import RunDir
+from fai_rl.backends.tinker.common import (
+    StepLog,
+    TinkerResume,
+    TinkerSession,
+    check_api_key,
+    find_tinker_resume,
+    write_summary,
+)
+from fai_rl.backends.tinker.grpo import update_policy
+from fai_rl.backends.tinker.rollouts import Sample
+from fai_rl.config.schema import Recipe
+from fai_rl.models.load import load_tokenizer
+from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
+from fai_rl.workflows.data import describe_workflow, load_workflow_rows
+from fai_rl.workflows.loop import evaluate, rollout_metrics, step_tasks, tasks_per_step
+from fai_rl.workflows.samplers import TinkerSampler
+
+HEADLINE = ("reward/solver", "reward/judge", "judge_acc", "eval_solver_pass@1", "eval_judge_accuracy", "step_time_s")
+
+
+@dataclass
+class PreparedTinkerWorkflow:
+    tokenizer: object
+    train: list[dict]
+    eval: list[dict]
+    rewards: list
+    workflow: object
+    resume: TinkerResume | None
+
+
+def prepare(recipe: Recipe, resume: str | None) -> PreparedTinkerWorkflow:
+    """API key, tokenizer, task rows, rewards, the workflow and the resume point; nothing written, no service call."""
+    from fai_rl.rewards import recipe_rewards
+
+    check_api_key()
+    resume_point = find_tinker_resume(recipe, resume)
+    tokenizer = load_tokenizer(recipe.model)
+    train, evaluation = load_workflow_rows(recipe)
+    rewards = recipe_rewards(recipe)
+    workflow = build_workflow(recipe, reward_scorer(rewards))
+    return PreparedTinkerWorkflow(tokenizer, train, evaluation, rewards, workflow, resume_point)
+
+
+def describe(recipe: Recipe, prepared: PreparedTinkerWorkflow) -> str:
+    text = describe_workflow(recipe, prepared.tokenizer, prepared.train, prepared.eval, prepared.rewards)
+    text += f"\nLoRA rank {recipe.tinker.lora_rank} on the service; loss {recipe.tinker.rl_loss}"
+    if prepared.resume is not None:
+        text += f"\nresume: from {prepared.resume.path} (step {prepared.resume.step})"
+    return text
+
+
+def as_samples(scored) -> tuple[list[Sample], list[list[float]]]:
+    """The scored steps as tinker/grpo's samples, with each advantage on every completion token."""
+    samples = [Sample(None, s.step.prompt_tokens, s.step.completion_tokens, s.step.logprobs, s.step.text,
+                      s.step.stopped, s.step.reward) for s in scored]
+    return samples, [[s.advantage] * len(s.step.completion_tokens) for s in scored]
+
+
+def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict:
+    t, w = recipe.training, recipe.workflow
+    per_step = tasks_per_step(recipe)
+    total = t.max_steps or max(1, int(t.num_train_epochs * len(prepared.train) // per_step))
+    start = prepared.resume.step if prepared.resume else 0
+    session = TinkerSession(recipe, run, prepared.resume)
+    log = StepLog(run, total, HEADLINE)
+    save_every = recipe.tinker.save_every or t.save_steps
+    print(f"workflow {w.type} with {t.algorithm} on Tinker: {per_step} tasks x {t.num_generations} episodes per "
+          f"step, grouping {w.grouping}", flush=True)
+    began, generated, ok = time.time(), 0, False
+    try:
+        sampler = TinkerSampler(session.sampling_client(f"sampler-{start:06d}"), prepared.tokenizer, session.tinker,
+                                session.wait, max_tokens=t.max_completion_length, temperature=t.temperature,
+                                top_p=t.top_p)
+        if start == 0 and prepared.eval:
+            log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+        for step in range(start, total):
+            step_began = time.time()
+            tasks = step_tasks(prepared.train, step, per_step, t.seed)
+            episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)],
+                                    sampler)
+            scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
+                                     w.norm_adv_by_std)
+            generated += sum(len(s.step.completion_tokens) for s in scored)
+            metrics = {**rollout_metrics(episodes), "learning_rate": session.adam(step, total).learning_rate}
+            # every step is sent, advantage 0 or not: constant batch shapes keep the service warm (as tinker/grpo.py)
+            metrics.update(update_policy(session, recipe, *as_samples(scored), step, total))
+            sampler.client = session.sampling_client(f"sampler-{step + 1:06d}")
+            metrics["step_time_s"] = time.time() - step_began
+            done = step + 1
+            log(done, metrics)
+            if prepared.eval and t.eval_steps and done % t.eval_steps == 0 and done != total:
+                log(done, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+            if done % save_every == 0 and done != total:
+                session.save_state(done)
+        if prepared.eval:
+            log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+        runtime = time.time() - began
+        final = session.finish(total, prepared.tokenizer)
+        ok = True
+    finally:
+        session.close(ok)
+    return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
+                         workflow=w.type)
