@@ -90,3 +90,46 @@ def test_ppo_baselines_on_tinker_by_hand():
     assert second == [0.5, 0.5] and running == pytest.approx(0.9 * 0.5 + 0.1 * 1.0)
     whitened, _ = baseline_advantages([1.0, 0.0, 0.0, 1.0], "batch_mean", None, True)
     assert whitened == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-6)
+
+
+# ---- workflow maths (fai_rl.workflows): rLLM-style keyed groups, the token-level policy loss, pass@k
+
+
+def test_keyed_group_advantages_use_population_std_per_key_and_zero_singletons():
+    from fai_rl.rl_math import keyed_group_advantages
+
+    # key a: 1, 0, 0, 0 (interleaved with b) -> mean 0.25, population std sqrt(0.25 * 0.75) = 0.4330
+    # key b: 2, 0 -> mean 1, std 1 -> +1, -1; key c alone -> 0; key d all equal -> 0
+    rewards = [1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.5, 0.5]
+    keys = ["a", "b", "a", "b", "a", "a", "c", "d", "d"]
+    s = math.sqrt(0.25 * 0.75)
+    assert keyed_group_advantages(rewards, keys) == pytest.approx(
+        [0.75 / s, 1.0, -0.25 / s, -1.0, -0.25 / s, -0.25 / s, 0.0, 0.0, 0.0])
+    assert keyed_group_advantages(rewards, keys, norm_by_std=False) == pytest.approx(
+        [0.75, 1.0, -0.25, -1.0, -0.25, -0.25, 0.0, 0.0, 0.0])
+
+
+def test_token_policy_loss_is_a_token_mean_and_clips_by_hand():
+    from fai_rl.rl_math import token_policy_loss
+
+    # on-policy (ratio 1): -(A1 * 2 tokens + A2 * 1 token) / 3 tokens = -(2 * 1 - 0.5) / 3
+    new = [T([-1.0, -2.0]), T([-0.5])]
+    loss, m = token_policy_loss(new, [x.clone() for x in new], [1.0, -0.5], epsilon=0.2, epsilon_high=0.2)
+    assert loss.item() == pytest.approx(-0.5) and m == {"clip_ratio": 0.0}
+    # ratio e^0.5 = 1.65 with A = 1 is clipped to 1.2; the other token (ratio 1) is not: -(1.2 + 1) / 2
+    loss, m = token_policy_loss([T([-0.5, -1.0])], [T([-1.0, -1.0])], [1.0], epsilon=0.2, epsilon_high=0.2)
+    assert loss.item() == pytest.approx(-(1.2 + 1.0) / 2) and m == {"clip_ratio": 0.5}
+    # total_tokens divides instead (micro-batches, skipped zero-advantage sequences): -(1.2 + 1) / 10
+    loss, _ = token_policy_loss([T([-0.5, -1.0])], [T([-1.0, -1.0])], [1.0], epsilon=0.2, epsilon_high=0.2,
+                                total_tokens=10)
+    assert loss.item() == pytest.approx(-0.22)
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    from fai_rl.rl_math import pass_at_k
+
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+    assert pass_at_k(8, 2, 4) == pytest.approx(1 - 15 / 70)  # 1 - C(6,4)/C(8,4)
+    assert pass_at_k(5, 0, 3) == 0.0 and pass_at_k(5, 5, 1) == 1.0 and pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
