@@ -12,7 +12,8 @@ from fai_rl.cli.train import main
 from fai_rl.config import load_recipe
 from fai_rl.rewards import check_rewards
 
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+EVAL_RECIPES = sorted((ROOT / "recipes" / "eval").glob("*.yaml"))  # fai-rl-eval recipes, a schema of their own
+RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(EVAL_RECIPES))
 
 
 def test_there_are_recipes_for_the_quickstart_and_real_models():
@@ -38,3 +39,12 @@ def test_quickstart_recipe_dry_runs_offline(path: Path, tmp_path, capsys):
     if algorithm in ("grpo", "gspo", "ppo"):
         assert "exact_match" in out  # the rewards scored on a few rows
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("path", EVAL_RECIPES, ids=lambda p: p.name)
+def test_eval_recipe_validates(path: Path):
+    from fai_rl.config.load import load_eval_recipe
+    from fai_rl.evaluation.tasks import check_eval_rewards
+
+    recipe = load_eval_recipe(path, extra_rules=[check_eval_rewards])
+    assert recipe.evaluation.models and recipe.evaluation.tasks

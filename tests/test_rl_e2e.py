@@ -54,6 +54,32 @@ def test_grpo_and_gspo_raise_the_held_out_reward_by_at_least_0_3(tmp_path, algor
     assert AutoModelForCausalLM.from_pretrained(out / "final").num_parameters() > 0
     print(f"\n{algorithm.upper()} quickstart: eval_reward {before:.3f} -> {after:.3f}, train reward "
           f"{train[0]['reward']:.3f} -> {train[-1]['reward']:.3f}, train {summary['train_runtime_s']} s, wall {wall:.0f} s")
+    if algorithm == "grpo":  # the README's next step, on this run (the quickstart trains once)
+        check_eval_of_the_quickstart(out, after)
+
+
+def check_eval_of_the_quickstart(out, eval_reward):
+    """fai-rl-eval with the shipped recipe: the GRPO model beats its start, fai-rl/tiny-sft, on held-out exact match."""
+    from fai_rl.cli.eval import main as evaluate
+
+    began = time.time()
+    assert evaluate(["--recipe", str(ROOT / "recipes/eval/quickstart.yaml"), f"evaluation.models=[{out}]",
+                     f"evaluation.output_dir={out / 'eval'}"]) == 0
+    results = json.loads((out / "eval" / "results.json").read_text())
+    sampled, greedy = results["tasks"]["digits-sampled"], results["tasks"]["digits-greedy"]
+    grpo, sft = sampled["results"][str(out)]["exact_match"], sampled["results"]["fai-rl/tiny-sft"]["exact_match"]
+    assert grpo["pass@1"] >= sft["pass@1"] + 0.2, (grpo, sft)
+    assert abs(grpo["pass@1"] - eval_reward) < 0.1  # the same measurement as training's eval_reward, resampled
+    for stats in (grpo, sft):
+        assert stats["pass@16"] >= stats["pass@4"] >= stats["pass@1"]
+    assert sampled["delta"][str(out)]["exact_match"]["pass@1"] == pytest.approx(grpo["pass@1"] - sft["pass@1"])
+    samples = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * (40 * 16 + 40)
+    g = greedy["results"][str(out)]["exact_match"]["mean"]
+    s = greedy["results"]["fai-rl/tiny-sft"]["exact_match"]["mean"]
+    print(f"fai-rl-eval: sampled exact match (pass@1) {sft['pass@1']:.3f} -> {grpo['pass@1']:.3f}, pass@4 "
+          f"{sft['pass@4']:.3f} -> {grpo['pass@4']:.3f}, pass@16 {sft['pass@16']:.3f} -> {grpo['pass@16']:.3f}; "
+          f"greedy {s:.3f} -> {g:.3f}; eval wall {time.time() - began:.0f} s")
 
 
 def test_dpo_reaches_0_9_held_out_preference_accuracy_and_the_margin_rises(tmp_path):

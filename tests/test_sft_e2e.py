@@ -11,6 +11,7 @@ import torch
 import yaml
 from conftest import ROOT, kill_after_checkpoint, tiny_recipe
 
+from fai_rl.cli.generate import main as generate
 from fai_rl.cli.train import main
 
 pytestmark = pytest.mark.slow
@@ -51,23 +52,46 @@ def test_quickstart_learns_and_leaves_every_artefact(tmp_path):
     replies = [answer(model, tokenizer, q) for q in ("What is 12 + 30?", "What is 40 - 15?", "What is 7 + 8?")]
     assert all(r.strip().isdigit() for r in replies), replies
     assert json.loads((out / "final" / "fai_rl.json").read_text())["kind"] == "full_model"
+    # fai-rl-generate from the run dir: the same greedy replies, batched, through the chat template
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 12 + 30?\nWhat is 40 - 15?\nWhat is 7 + 8?\n")
+    assert generate(["--model", str(out), "--input", str(prompts), "--output", str(tmp_path / "gen.jsonl"),
+                     "--max-new-tokens", "6"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows] == replies and all(r["finish_reason"] == "stop" for r in rows)
+    # the README's next step: fai-rl-export, then generate from the exported dir gives the same replies
+    from fai_rl.cli.export import main as export
+
+    assert export([str(out), "--out", str(tmp_path / "exported")]) == 0
+    assert "eval_loss" in (tmp_path / "exported" / "README.md").read_text()  # the card carries the final metrics
+    assert generate(["--model", str(tmp_path / "exported"), "--input", str(prompts), "--output",
+                     str(tmp_path / "gen2.jsonl"), "--max-new-tokens", "6"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "gen2.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows] == replies
 
 
-def test_lora_trains_an_adapter_that_reloads_on_its_base(write_recipe, tmp_path):
+def test_lora_trains_an_adapter_that_reloads_on_its_base(write_recipe, tmp_path, capsys):
     out = tmp_path / "lora"
     recipe = tiny_recipe(out, model={"base_model_name": "fai-rl/tiny", "use_lora": True, "lora_r": 8,
                                      "lora_alpha": 16, "lora_dropout": 0.0})
     recipe["training"]["max_steps"] = 12
     recipe["training"]["learning_rate"] = 1e-2
+    recipe["training"].update({"eval_steps": 4, "metric_for_best_model": "eval_loss"})  # save_steps 4 too
     assert main(["--recipe", str(write_recipe(recipe))]) == 0
     evals = [row["eval_loss"] for row in metrics(out) if "eval_loss" in row]
     assert evals[-1] < evals[0] * 0.9, evals
+    # the best checkpoint by eval_loss (lower is better, inferred from the name) is kept and recorded
+    summary = json.loads((out / "summary.json").read_text())
+    best = {row["step"]: row["eval_loss"] for row in metrics(out) if "eval_loss" in row and row["step"] > 0}
+    assert summary["best_metric"] == pytest.approx(min(best.values()))
+    assert summary["best_checkpoint"].endswith(f"checkpoint-{min(best, key=best.get)}")
+    assert (Path(summary["best_checkpoint"]) / "adapter_config.json").exists()
     final = out / "final"
     assert (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists()
     note = json.loads((final / "fai_rl.json").read_text())
     assert note["kind"] == "peft_adapter" and note["base_model_name"] == "fai-rl/tiny"
     from peft import AutoPeftModelForCausalLM
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tuned = AutoPeftModelForCausalLM.from_pretrained(final)
     base = AutoModelForCausalLM.from_pretrained(note["base_model_path"])
@@ -76,6 +100,14 @@ def test_lora_trains_an_adapter_that_reloads_on_its_base(write_recipe, tmp_path)
         assert not torch.allclose(tuned(probe).logits, base(probe).logits, atol=1e-4)  # the adapter changed the model
         tuned.disable_adapter_layers()
         assert torch.allclose(tuned(probe).logits, base(probe).logits, atol=1e-5)  # ... and nothing else
+    # fai-rl-generate from the adapter dir: loaded on its base (named in fai_rl.json), the adapter's greedy replies
+    tuned.enable_adapter_layers()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    expected = [answer(tuned, tokenizer, q) for q in ("What is 3 + 4?", "What is 20 - 5?")]
+    capsys.readouterr()
+    assert generate(["--model", str(final), "--max-new-tokens", "6", "What is 3 + 4?", "What is 20 - 5?"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["completion"] for r in rows] == expected
 
 
 def test_qlora_trains_on_cpu(write_recipe, tmp_path):
