@@ -138,7 +138,7 @@ BAD = [
      "did you mean 'exact_match'?"),
     (["evaluation.tasks[0].dataset.answer_column=solution"], "evaluation.tasks[0].dataset.answer_column (now "
      "'solution')"),
-    (["evaluation.models=[runs/no-such-run]"], "evaluation.models[0]: 'runs/no-such-run' does not exist"),
+    (["evaluation.models=[./runs/no-such-run]"], "evaluation.models[0]: './runs/no-such-run' does not exist"),
     (["evaluation.models=[tinker://run-1/sampler_weights/final]"], "evaluation.base_model: is null, but "
      "evaluation.models[0] is a Tinker path"),
     (["evaluation.tasks[0].num_samples=4"], "4 samples at temperature 0 (greedy) would all be the same answer"),

@@ -175,8 +175,9 @@ def test_every_algorithm_has_a_trainer_on_every_backend_and_a_missing_pair_is_a_
     assert set(TRAINERS) == {(b, a) for b in BACKENDS for a in ALGORITHMS}
     for (backend, algorithm), module in TRAINERS.items():  # a pair the schema allows, and a module that imports
         assert callable(importlib.import_module(module).train)
-        load_recipe(write_recipe(BASE), [f"training.backend={backend}", f"training.algorithm={algorithm}",
-                                         "rewards[0].function=exact_match"], extra_rules=[check_dispatch])
+        rewards = ["rewards[0].function=exact_match"] if algorithm in ("grpo", "gspo", "ppo") else []
+        load_recipe(write_recipe(BASE), [f"training.backend={backend}", f"training.algorithm={algorithm}", *rewards],
+                    extra_rules=[check_dispatch])
     monkeypatch.delitem(TRAINERS, ("tinker", "sft"))
     with pytest.raises(RecipeError) as info:
         load_recipe(write_recipe(BASE), ["training.backend=tinker"], extra_rules=[check_dispatch])
@@ -184,7 +185,8 @@ def test_every_algorithm_has_a_trainer_on_every_backend_and_a_missing_pair_is_a_
 
 
 def test_secrets_are_redacted_from_the_resolved_recipe(write_recipe):
-    r = load_recipe(write_recipe(BASE), ["rewards[0].function=http", "rewards[0].kwargs={url: x, api_key: sk-123}"])
+    r = load_recipe(write_recipe(BASE), ["rewards[0].function=http", "rewards[0].kwargs={url: x, api_key: sk-123}",
+                                         "data.eval_split_ratio=0.1"])
     text = recipe_to_yaml(r)
     assert "sk-123" not in text and "api_key: '***'" in text
     assert redact({"headers": {"Authorization": "Bearer t"}, "n": 1}) == {"headers": {"Authorization": "***"}, "n": 1}
@@ -263,6 +265,10 @@ def test_gspo_is_grpo_with_the_papers_defaults_each_overridable(write_recipe):
         (["training.algorithm=ppo", "training.num_mini_batches=3"], "divide per_device_train_batch_size (8)"),
         (["training.algorithm=ppo", "training.lam=1.5"], "training.lam: 1.5 must be in [0, 1]"),
         (["training.algorithm=ppo", "rewards=[]"], "or set model.reward_model_name"),
+        (["training.algorithm=dpo"], "rewards: DPO learns from preference pairs and reads no rewards"),
+        (["training.algorithm=sft"], "there is no evaluation data; add data.eval_datasets"),
+        (["training.algorithm=sft", "data.eval_split_ratio=0.1", "training.backend=tinker"],
+         "during SFT is done on the local backend only"),
     ],
 )
 def test_rl_rules_name_key_value_and_fix(write_recipe, overrides, expected):

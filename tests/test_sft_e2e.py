@@ -36,6 +36,9 @@ def test_quickstart_learns_and_leaves_every_artefact(tmp_path):
     # held-out loss falls by at least half from the evaluation before training
     evals = [row["eval_loss"] for row in metrics(out) if "eval_loss" in row]
     assert len(evals) >= 3 and evals[-1] <= 0.5 * evals[0], evals
+    # the recipe's rewards score greedy answers to the held-out prompts at every evaluation (0 before training)
+    rewards = [row["eval_reward"] for row in metrics(out) if "eval_reward" in row]
+    assert len(rewards) == len(evals) and rewards[0] == 0 and rewards[-1] > 0, rewards
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["eval_loss"]["first"] == evals[0] and summary["metrics"]["eval_loss"]["last"] == evals[-1]
     assert summary["global_step"] == 300 and summary["tokens_per_s"] > 0 and summary["train_runtime_s"] > 0

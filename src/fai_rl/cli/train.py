@@ -120,7 +120,20 @@ def _train(recipe, resume: str | None, module) -> int:
     if main_process:
         run.plot_curves()
         print(format_summary(summary, run.path))
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """End a multi-process run's process group before exit: left to the interpreter's teardown, gloo's threads were
+    sometimes destroyed while running, aborting a rank ("terminate called without an active exception") after the
+    run had finished and saved everything."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def format_summary(summary: dict, output_dir) -> str:

@@ -26,6 +26,7 @@ def check_rules(recipe: Recipe, processes: int = 1) -> list[Problem]:
         *_training_rules(recipe),
         *_deepspeed_rules(recipe),
         *_dpo_rules(recipe),
+        *_sft_reward_rules(recipe),
         *_grpo_rules(recipe, processes),
         *_ppo_rules(recipe),
         *_tinker_rules(recipe),
@@ -213,6 +214,21 @@ def _dpo_rules(r: Recipe) -> Iterator[Problem]:
         yield "training.label_smoothing", f"{t.label_smoothing} must be in [0, 0.5)."
     if t.beta is not None and t.beta <= 0:
         yield "training.beta", f"{t.beta} must be greater than 0 for DPO (it scales the implicit reward), e.g. 0.1."
+
+
+def _sft_reward_rules(r: Recipe) -> Iterator[Problem]:
+    """rewards: learned from by the RL algorithms; in SFT, eval metrics on held-out replies; DPO reads none."""
+    if not r.rewards:
+        return
+    t = r.training
+    if t.algorithm == "dpo":
+        yield "rewards", "DPO learns from preference pairs and reads no rewards; remove the rewards section."
+    elif t.algorithm == "sft" and t.backend == "tinker":
+        yield "rewards", ("scoring held-out replies with rewards during SFT is done on the local backend only; remove "
+                          "the rewards section, or evaluate the run afterwards with fai-rl-eval.")
+    elif t.algorithm == "sft" and not (r.data.eval_datasets or r.data.eval_split_ratio > 0):
+        yield "rewards", ("in an SFT recipe the rewards score greedy replies to held-out prompts at each evaluation, "
+                          "but there is no evaluation data; add data.eval_datasets or set data.eval_split_ratio.")
 
 
 def _sampling_rules(r: Recipe) -> Iterator[Problem]:

@@ -239,7 +239,10 @@ class TrainingConfig:
         None,
         help="GRPO/GSPO/PPO: completions sampled per held-out prompt for eval_reward (null: num_generations; PPO: 1).",
     )
-    max_completion_length: int = _f(256, help="GRPO/GSPO/PPO: longest sampled completion, in tokens.")
+    max_completion_length: int = _f(
+        256, help="GRPO/GSPO/PPO: longest sampled completion, in tokens; SFT with rewards: longest greedy reply at "
+        "each evaluation."
+    )
     temperature: float = _f(1.0, help="GRPO/GSPO/PPO: sampling temperature.")
     top_p: float = _f(1.0, help="GRPO/GSPO/PPO: nucleus sampling mass, in (0, 1].")
     # --- GRPO / GSPO
@@ -411,7 +414,10 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    rewards: list[RewardSpec] = _f([], help="Reward functions for the RL algorithms, summed with their weights.")
+    rewards: list[RewardSpec] = _f(
+        [], help="Reward functions for the RL algorithms, summed with their weights; in SFT, metrics of greedy replies "
+        "to the held-out prompts at each evaluation (eval_reward)."
+    )
     tinker: TinkerConfig = field(default_factory=TinkerConfig)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
 

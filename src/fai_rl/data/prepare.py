@@ -48,6 +48,7 @@ class SFTData:
     eval_stats: LengthStats | None
     formats: dict[str, str]  # dataset key -> chat | completion | text
     samples: list[SFTExample] = field(default_factory=list)  # the first rows, for previews
+    eval_examples: list[SFTExample] = field(default_factory=list)  # the held-out rows, for reward evals
 
 
 def load_sft_examples(recipe: Recipe, which: str = "datasets") -> tuple[list[SFTExample], dict[str, str]]:
@@ -84,7 +85,8 @@ def prepare_sft_data(recipe: Recipe, tokenizer) -> SFTData:
             f"no training example keeps a loss token within data.max_length={recipe.data.max_length}; raise it."
         )
     evaluation, eval_stats = _tokenize_all(eval_rows, tokenizer, recipe) if eval_rows else ([], None)
-    return SFTData(train, evaluation, train_stats, eval_stats, formats, samples=train_rows[:2])
+    return SFTData(train, evaluation, train_stats, eval_stats, formats, samples=train_rows[:2],
+                   eval_examples=eval_rows)
 
 
 def split_eval(train_rows: list, eval_rows: list, recipe: Recipe) -> tuple[list, list]:

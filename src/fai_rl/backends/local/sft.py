@@ -3,11 +3,17 @@
 Full fine-tune, LoRA (peft) and QLoRA (bitsandbytes 4-bit + LoRA) from the same recipe keys. Departure from plain TRL:
 we tokenise and mask the data ourselves (fai_rl.data.tokenize) and hand SFTTrainer `input_ids` + `labels`, so the
 loss mask `--dry-run` prints is exactly the one trained on, for any chat template and any `data.loss_on` choice.
+
+With `rewards:` in an SFT recipe, every evaluation also answers the held-out prompts greedily and scores the replies
+against the held-out reference replies (offered to the rewards as `answer`): eval_reward and eval_rewards/<fn>/mean,
+in metrics.jsonl, wandb and curves.png, and usable as training.metric_for_best_model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from transformers import TrainerCallback
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.local.common import (
@@ -97,4 +103,43 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir, callbacks: list | 
         peft_config=lora_config(recipe.model),
         callbacks=[MetricsCallback(run), *(callbacks or [])],  # extra: e.g. scripts/bench.py's step timer
     )
+    if has_eval and recipe.rewards:
+        trainer.add_callback(RewardEvalCallback(trainer, recipe, prepared.tokenizer, d.eval_examples))
     return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)
+
+
+class RewardEvalCallback(TrainerCallback):
+    """At each evaluation: greedy replies to the held-out prompts, scored by the recipe's rewards against the held-out
+    replies. The numbers join the evaluation's metrics (so metric_for_best_model can name them) and are logged."""
+
+    def __init__(self, trainer, recipe: Recipe, tokenizer, examples: list):
+        from fai_rl.rewards import build_rewards
+        from fai_rl.sampling import render_chat
+
+        self.trainer, self.tokenizer, self.t = trainer, tokenizer, recipe.training
+        self.fns = build_rewards(recipe)
+        self.rows = []
+        for ex in examples:
+            if ex.messages is None or ex.messages[-1]["role"] != "assistant":
+                continue  # plain text has no prompt to answer
+            self.rows.append({"prompt": ex.messages[:-1], "answer": ex.messages[-1]["content"]})
+        self.prompts = [render_chat(tokenizer, row["prompt"], recipe.data.max_length) for row in self.rows]
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not self.rows or metrics is None:
+            return
+        from fai_rl.rewards import score_rewards
+        from fai_rl.sampling import generate_local
+
+        groups = generate_local(model, self.tokenizer, self.prompts, 1, max_new_tokens=self.t.max_completion_length,
+                                temperature=0.0, batch_size=max(1, self.t.per_device_eval_batch_size))
+        texts = [group[0].text for group in groups]
+        totals, per_fn = score_rewards(self.fns, [row["prompt"] for row in self.rows], texts, self.rows)
+        extra = {"eval_reward": sum(totals) / len(totals)}
+        for name, scores in per_fn.items():
+            given = [s for s in scores if s is not None]
+            if given:
+                extra[f"eval_rewards/{name}/mean"] = sum(given) / len(given)
+        metrics.update(extra)  # the dict evaluate() returns: the best-checkpoint choice reads it
+        self.trainer.log(extra)
+
