@@ -232,6 +232,8 @@ def _recipe(tmp_path, **workflow):
     (["workflow.type=nowhere_module:Flow"], "workflow.type: no module named 'nowhere_module'"),
     (["workflow.type=single", "workflow.solver_prompt='{prompt}'"], "workflow.solver_prompt: is set but"),
     (["workflow.kwargs={n: 1}"], "workflow.kwargs: {'n': 1} but 'solver_judge' is a built-in workflow"),
+    (["training.deepspeed_config=zero2"], "runs in one process (its loop is written here"),
+    (["--num-gpus", "0", "--num-processes", "2"], "but this launch asks for 2 processes"),
 ])
 def test_bad_workflow_keys_exit_2_naming_key_value_and_fix(tmp_path, capsys, overrides, expected):
     assert main(["--recipe", str(_recipe(tmp_path)), *overrides]) == 2

@@ -30,7 +30,7 @@ def check_rules(recipe: Recipe, processes: int = 1) -> list[Problem]:
         *_grpo_rules(recipe, processes),
         *_ppo_rules(recipe),
         *_tinker_rules(recipe),
-        *_workflow_rules(recipe),
+        *_workflow_rules(recipe, processes),
     ]
 
 
@@ -378,7 +378,7 @@ def _placeholders(template: str) -> list[str] | None:
         return None
 
 
-def _workflow_rules(r: Recipe) -> Iterator[Problem]:
+def _workflow_rules(r: Recipe, processes: int = 1) -> Iterator[Problem]:
     w, t = r.workflow, r.training
     if w.type == "single":
         if w.solver_prompt is not None:
@@ -391,6 +391,12 @@ def _workflow_rules(r: Recipe) -> Iterator[Problem]:
         yield "workflow.kwargs", (
             f"{dict(w.kwargs)} but '{w.type}' is a built-in workflow, configured by the workflow keys themselves; "
             "remove workflow.kwargs (it is for module:Class workflows)."
+        )
+    if t.backend == "local" and (processes > 1 or t.deepspeed_config):
+        how = f"{processes} processes" if processes > 1 else f"training.deepspeed_config={t.deepspeed_config}"
+        yield "workflow.type", (
+            f"'{w.type}' on the local backend runs in one process (its loop is written here, not HF Trainer's), "
+            f"but this launch asks for {how}; use one GPU (--num-gpus 1, no deepspeed_config), or the Tinker backend."
         )
     if t.algorithm not in ("grpo", "gspo"):
         yield "workflow.type", (
