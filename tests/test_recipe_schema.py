@@ -266,9 +266,6 @@ def test_gspo_is_grpo_with_the_papers_defaults_each_overridable(write_recipe):
         (["training.algorithm=ppo", "training.lam=1.5"], "training.lam: 1.5 must be in [0, 1]"),
         (["training.algorithm=ppo", "rewards=[]"], "or set model.reward_model_name"),
         (["training.algorithm=dpo"], "rewards: DPO learns from preference pairs and reads no rewards"),
-        (["training.algorithm=sft"], "there is no evaluation data; add data.eval_datasets"),
-        (["training.algorithm=sft", "data.eval_split_ratio=0.1", "training.backend=tinker"],
-         "during SFT is done on the local backend only"),
     ],
 )
 def test_rl_rules_name_key_value_and_fix(write_recipe, overrides, expected):

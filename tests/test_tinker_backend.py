@@ -94,7 +94,7 @@ def test_grpo_raises_the_reward_of_the_prompts_it_trains_on(tmp_path, tinker_env
     out = tmp_path / "grpo"
     began = time.time()
     assert run("grpo", out, tinker_env, "training.max_steps=12", "training.eval_steps=null",
-               "training.logging_steps=1", "training.learning_rate=2e-3", "training.per_device_train_batch_size=32",
+               "training.logging_steps=1", "training.learning_rate=1e-3", "training.per_device_train_batch_size=64",
                "training.num_generations=4", "training.num_generations_eval=8",
                "training.per_device_eval_batch_size=128", "tinker.download_final=false",
                "data.datasets[0].max_samples=16", "data.eval_datasets[0].split=train",

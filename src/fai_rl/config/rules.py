@@ -217,18 +217,13 @@ def _dpo_rules(r: Recipe) -> Iterator[Problem]:
 
 
 def _sft_reward_rules(r: Recipe) -> Iterator[Problem]:
-    """rewards: learned from by the RL algorithms; in SFT, eval metrics on held-out replies; DPO reads none."""
+    """rewards: learned from by the RL algorithms; in SFT, eval metrics on held-out replies (none without eval data:
+    the run says so at start); DPO reads none."""
     if not r.rewards:
         return
     t = r.training
     if t.algorithm == "dpo":
         yield "rewards", "DPO learns from preference pairs and reads no rewards; remove the rewards section."
-    elif t.algorithm == "sft" and t.backend == "tinker":
-        yield "rewards", ("scoring held-out replies with rewards during SFT is done on the local backend only; remove "
-                          "the rewards section, or evaluate the run afterwards with fai-rl-eval.")
-    elif t.algorithm == "sft" and not (r.data.eval_datasets or r.data.eval_split_ratio > 0):
-        yield "rewards", ("in an SFT recipe the rewards score greedy replies to held-out prompts at each evaluation, "
-                          "but there is no evaluation data; add data.eval_datasets or set data.eval_split_ratio.")
 
 
 def _sampling_rules(r: Recipe) -> Iterator[Problem]:

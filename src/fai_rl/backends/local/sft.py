@@ -105,6 +105,9 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir, callbacks: list | 
     )
     if has_eval and recipe.rewards:
         trainer.add_callback(RewardEvalCallback(trainer, recipe, prepared.tokenizer, d.eval_examples))
+    elif recipe.rewards:
+        print("rewards: not scored (in SFT they score greedy replies to held-out prompts, and there is no evaluation "
+              "data: add data.eval_datasets or data.eval_split_ratio)", flush=True)
     return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)
 
 

@@ -85,6 +85,9 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
     tinker = session.tinker
     log = StepLog(run, total, HEADLINE)
     save_every = recipe.tinker.save_every or t.save_steps
+    if recipe.rewards:  # the local backend scores greedy held-out replies with them at each evaluation
+        print("tinker: rewards are not scored during SFT on the Tinker backend (eval_loss only); score the run "
+              "afterwards with fai-rl-eval, which samples its tinker:// sampler weights", flush=True)
 
     def evaluate(step: int) -> None:
         if not data.eval:
