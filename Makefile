@@ -10,7 +10,7 @@ quickstart:
 	OMP_NUM_THREADS=1 .venv/bin/fai-rl-train --recipe recipes/quickstart/grpo.yaml
 
 # The CPU test suite (what CI runs), one pytest worker per core of a 2-core machine; the long learning tests are
-# spread over both (~11 min). Tests marked `tinker` run against a local Tinker-API server that lives
+# spread over both (~13 min). Tests marked `tinker` run against a local Tinker-API server that lives
 # in its own venv, .tinker-server/venv (~2.5 min to install the first time, a no-op afterwards).
 test:
 	scripts/install.sh dev
