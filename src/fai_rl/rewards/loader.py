@@ -134,11 +134,7 @@ def resolve_function(function: str) -> Callable:
             f"'{function}' is not a built-in reward; {hint}built-ins: {', '.join(BUILTINS)}. Name your own as "
             "module:function or path/to/file.py:function."
         )
-    target, _, attr = function.rpartition(":")
-    if not target or not attr:
-        raise _Unresolved(f"'{function}' needs both parts, module:function or path/to/file.py:function.")
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
-    module = _import_file(target) if is_file else _import_module(target)
+    module, target, attr = import_named(function, "module:function or path/to/file.py:function")
     fn = getattr(module, attr, None)
     if fn is None:
         own = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and not inspect.isclass(v)]
@@ -150,6 +146,16 @@ def resolve_function(function: str) -> Callable:
     if inspect.iscoroutinefunction(fn):
         raise _Unresolved(f"'{function}' is async; rewards are called synchronously, so make it a plain `def`.")
     return fn
+
+
+def import_named(name: str, forms: str) -> tuple[types.ModuleType, str, str]:
+    """(module, module part, attribute part) of `module:attr` or `path/to/file.py:attr`; _Unresolved naming `forms`
+    when a part is missing or the module does not import. Shared by reward functions and workflow classes."""
+    target, _, attr = name.rpartition(":")
+    if not target or not attr:
+        raise _Unresolved(f"'{name}' needs both parts, {forms}.")
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    return (_import_file(target) if is_file else _import_module(target)), target, attr
 
 
 def _import_module(name: str) -> types.ModuleType:

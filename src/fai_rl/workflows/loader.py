@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
-from fai_rl.rewards.loader import _import_file, _import_module, _Unresolved
+from fai_rl.rewards.loader import _Unresolved, import_named
 from fai_rl.workflows.solver_judge import SingleWorkflow, SolverJudgeWorkflow
 
 BUILTIN_WORKFLOWS: dict[str, type] = {"single": SingleWorkflow, "solver_judge": SolverJudgeWorkflow}
@@ -24,11 +24,9 @@ def resolve_workflow_class(name: str) -> type:
     name = name.strip()
     if name in BUILTIN_WORKFLOWS:
         return BUILTIN_WORKFLOWS[name]
-    target, _, attr = name.rpartition(":")
-    if not target or not attr:
+    if ":" not in name:
         raise _Unresolved(f"'{name}' is not a built-in workflow (single, solver_judge) nor module:Class.")
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
-    module = _import_file(target) if is_file else _import_module(target)
+    module, target, attr = import_named(name, "module:Class or path/to/file.py:Class")
     cls = getattr(module, attr, None)
     if cls is None:
         own = [k for k, v in vars(module).items()
