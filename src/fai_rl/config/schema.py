@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-ALGORITHMS = ("sft", "dpo", "ppo", "grpo", "gspo")
+ALGORITHMS = ("sft", "cpt", "dpo", "ppo", "grpo", "gspo")
 BACKENDS = ("local", "tinker")
 # transformers.SchedulerType values (tests/test_recipe_schema.py checks they match the installed transformers).
 LR_SCHEDULERS = (
@@ -37,6 +37,7 @@ GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "ves
 # says what ran. GSPO is GRPO with sequence-level importance ratios and the paper's settings (Zheng et al., 2025).
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {},
+    "cpt": {},
     "dpo": {"beta": 0.1},
     "grpo": {"beta": 0.0, "epsilon": 0.2, "loss_type": "dapo", "importance_sampling_level": "token"},
     "gspo": {
@@ -107,6 +108,40 @@ class ModelConfig:
     reward_model_name: Optional[str] = _f(
         None, help="PPO: a sequence-classification reward model, added to the `rewards` functions."
     )
+    # --- keys of FAI-RL's model config (docs/fai-rl.md), each mapped onto its transformers / peft / bitsandbytes argument
+    low_cpu_mem_usage: bool = _f(
+        True,
+        help="Load without a second full copy of the weights in CPU memory. transformers >= 5 always loads this way, so "
+        "true is what happens; false has no effect (a note says so).",
+    )
+    use_flash_attention: bool = _f(
+        False,
+        help="flash-attention 2 (attn_implementation=flash_attention_2) where flash-attn is installed and the GPU "
+        "supports it (compute capability >= 8.0); else SDPA, with a one-line note. Overrides attn_implementation.",
+    )
+    lora_bias: str = _f(
+        "none", help="Which biases LoRA trains (peft LoraConfig.bias).", choices=("none", "all", "lora_only")
+    )
+    lora_exclude_modules: Optional[Any] = _f(
+        None,
+        help="Modules never given LoRA even when lora_target_modules matches them (peft exclude_modules): a list of "
+        "names, or one string read as a regex over the full module path.",
+    )
+    bnb_4bit_compute_dtype: Optional[str] = _f(
+        None,
+        help="QLoRA: dtype of the 4-bit matmuls (BitsAndBytesConfig.bnb_4bit_compute_dtype); null: the weights' dtype.",
+        choices=(None, "float32", "bfloat16", "float16"),
+    )
+    bnb_4bit_use_double_quant: bool = _f(
+        True, help="QLoRA: also quantise the quantisation constants (BitsAndBytesConfig.bnb_4bit_use_double_quant)."
+    )
+    ignore_mismatched_sizes: bool = _f(
+        False, help="Load a checkpoint whose head sizes differ from the config (from_pretrained ignore_mismatched_sizes)."
+    )
+    s3_region: Optional[str] = _f(None, help="base_model_name s3://...: the bucket's region (null: boto3's default).")
+    s3_endpoint_url: Optional[str] = _f(
+        None, help="base_model_name s3://...: an S3-compatible endpoint, e.g. http://127.0.0.1:9000 (null: AWS)."
+    )
 
 
 @dataclass
@@ -114,8 +149,8 @@ class DatasetSpec:
     """One data source; columns are mapped onto what the algorithm needs."""
 
     name: str = _f(
-        help="A local .jsonl/.json/.csv/.parquet file, a local dataset dir (save_to_disk or data files), a hub "
-        "dataset id, or a built-in task such as `fai-rl/arithmetic`."
+        help="A local .jsonl/.json/.csv/.parquet file, an s3://bucket/key file of those types, a local dataset dir "
+        "(save_to_disk or data files), a hub dataset id, or a built-in task such as `fai-rl/arithmetic`."
     )
     split: str = _f("train", help="Split to read (hub datasets, dataset dirs, built-in tasks); ignored for one file.")
     subset: Optional[str] = _f(None, help="Hub dataset configuration (subset) name.")
@@ -127,7 +162,21 @@ class DatasetSpec:
     chosen_column: str = _f("chosen", help="Column with the preferred response (DPO).")
     rejected_column: str = _f("rejected", help="Column with the dispreferred response (DPO).")
     messages_column: str = _f("messages", help="Column with chat messages: a list of {role, content}.")
-    text_column: str = _f("text", help="Column with plain text (language-modelling data).")
+    text_column: str = _f("text", help="Column with plain text (language-modelling data; CPT reads only this).")
+    dataset_columns: Optional[list[str]] = _f(
+        None,
+        help="SFT (FAI-RL): the columns whose values fill the {placeholders} of data.system_prompt (one plain-text "
+        "example, loss on every token) or of data.user_prompt / assistant_prompt (a chat turn pair, loss on the reply).",
+    )
+    prompt_template: Optional[str] = _f(
+        None,
+        help="GRPO/GSPO/PPO: FAI-RL's math prompt around each prompt_column value (a system message with the "
+        "<think>/<answer> format and one worked example) and its answer extraction: gsm8k (the text after ####) or "
+        "openmathinstruct (the answer as is). Filled in for GRPO/GSPO recipes without rewards:, as FAI-RL does.",
+        choices=(None, "gsm8k", "openmathinstruct"),
+    )
+    s3_region: Optional[str] = _f(None, help="name s3://...: the bucket's region (null: boto3's default).")
+    s3_endpoint_url: Optional[str] = _f(None, help="name s3://...: an S3-compatible endpoint (null: AWS).")
 
 
 @dataclass
@@ -141,8 +190,29 @@ class DataConfig:
     )
     max_length: int = _f(1024, help="Longest tokenised example; longer ones are truncated (counted in --dry-run).")
     system_prompt: Optional[str] = _f(
-        None, help="System message put first in every conversation that does not already have one."
+        None,
+        help="System message put first in every conversation that does not already have one. With dataset_columns "
+        "(SFT, FAI-RL's meaning) a str.format template over the row's columns: {col} is filled, {{ and }} are literal "
+        "braces; alone it is the whole training text, with user_prompt/assistant_prompt the system turn.",
     )
+    user_prompt: Optional[str] = _f(
+        None, help="SFT: template of the user turn over dataset_columns (set with assistant_prompt; loss on the reply)."
+    )
+    assistant_prompt: Optional[str] = _f(
+        None, help="SFT: template of the assistant turn over dataset_columns (set with user_prompt)."
+    )
+    max_prompt_length: Optional[int] = _f(
+        None,
+        help="GRPO/GSPO/PPO (FAI-RL's meaning): the prompt's share of max_length; when set and "
+        "training.max_completion_length is not, completions get max_length - max_prompt_length tokens. --dry-run "
+        "counts longer prompts.",
+    )
+    remove_unused_columns: bool = _f(
+        False,
+        help="Drop dataset columns the model does not read (TrainingArguments.remove_unused_columns). fai-rl hands "
+        "the trainers model inputs only, and reward functions always receive every column.",
+    )
+    dataset_num_proc: int = _f(1, help="Processes that tokenise the data (datasets.map num_proc).")
     loss_on: str = _f(
         "assistant",
         help="Which tokens carry the SFT loss: assistant (every assistant turn), last_assistant (the final "
@@ -165,7 +235,9 @@ class TrainingConfig:
     )
     learning_rate: float = _f(5e-5, help="Peak learning rate.")
     num_train_epochs: float = _f(1.0, help="Passes over the training data (ignored when max_steps is set).")
-    max_steps: Optional[int] = _f(None, help="Stop after this many optimizer steps (null: run num_train_epochs).")
+    max_steps: Optional[int] = _f(
+        None, help="Stop after this many optimizer steps (null or -1: run num_train_epochs)."
+    )
     per_device_train_batch_size: int = _f(8, help="Examples per device per forward pass.")
     per_device_eval_batch_size: int = _f(8, help="Examples per device per evaluation forward pass.")
     gradient_accumulation_steps: int = _f(1, help="Forward passes per optimizer step.")
@@ -178,12 +250,29 @@ class TrainingConfig:
     bf16: Optional[bool] = _f(
         None, help="bfloat16 mixed precision; null: on when the GPU supports it, off on CPU."
     )
+    fp16: bool = _f(False, help="float16 mixed precision (TrainingArguments.fp16; GPUs without bfloat16).")
     gradient_checkpointing: Optional[bool] = _f(
         False,
         help="Recompute activations in the backward pass to save memory (~1/3 more compute); null: on only when the "
         "estimated activations would not fit the GPU (off on CPU). Local SFT/DPO/GRPO/GSPO; PPO reads null as off.",
     )
-    packing: bool = _f(False, help="SFT: pack several examples into each max_length sequence.")
+    packing: bool = _f(
+        False, help="SFT: pack several examples into each max_length sequence (CPT always packs its text)."
+    )
+    dataloader_num_workers: int = _f(0, help="Worker processes loading batches (0: the training process).")
+    dataloader_pin_memory: Optional[bool] = _f(None, help="Pin batches in page-locked memory; null: on with a GPU.")
+    dataloader_drop_last: bool = _f(False, help="Drop the last incomplete batch of each epoch.")
+    ddp_find_unused_parameters: bool = _f(
+        False, help="DDP: search the graph for parameters without gradients every step (only for models that need it)."
+    )
+    save_only_model: bool = _f(
+        False,
+        help="Checkpoints hold the weights only (no optimizer, scheduler or RNG state): smaller, but --resume restarts "
+        "the optimizer (it says so).",
+    )
+    prediction_loss_only: bool = _f(
+        False, help="Evaluations compute the loss only (TrainingArguments.prediction_loss_only)."
+    )
     use_liger_kernel: Optional[bool] = _f(
         None,
         help="Liger Triton kernels (RMSNorm, RoPE, SwiGLU) for SFT and DPO; null: on with a CUDA GPU when liger-kernel "
@@ -302,6 +391,33 @@ class WandbConfig:
         help="auto (online when an API key is configured, else offline), online, offline.",
         choices=("auto", "online", "offline"),
     )
+    base_url: Optional[str] = _f(None, help="W&B server for self-hosted deployments (WANDB_BASE_URL); null: the default.")
+    api_key: Optional[str] = _f(
+        None, help="Must stay null: the key comes from WANDB_API_KEY or `wandb login`, never from a recipe."
+    )
+
+
+@dataclass
+class S3Config:
+    """Uploads of checkpoints and the final model to S3 or an S3-compatible store (FAI-RL's `s3:` section).
+
+    Credentials come from the environment / boto3's chain only (AWS_ACCESS_KEY_ID, ~/.aws, an instance role).
+    """
+
+    enabled: bool = _f(False, help="Upload checkpoints and the final model.")
+    bucket: str = _f("", help="Bucket name (required when enabled).")
+    prefix: str = _f("", help="Key prefix: uploads go to s3://bucket/prefix/checkpoint-N/ and .../final/.")
+    region: Optional[str] = _f(None, help="Region (null: AWS_DEFAULT_REGION or boto3's default).")
+    endpoint_url: Optional[str] = _f(None, help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (null: AWS S3).")
+    upload_checkpoints: bool = _f(True, help="Upload each checkpoint-N when it is saved (in the background).")
+    upload_final_model: bool = _f(True, help="Upload final/ at the end of training.")
+    delete_local_after_upload: bool = _f(
+        False, help="Delete a local checkpoint once its upload is complete and verified (--resume fetches it back)."
+    )
+    uploader: str = _f(
+        "auto", help="auto (s5cmd when on PATH, else boto3), boto3, or s5cmd.", choices=("auto", "boto3", "s5cmd")
+    )
+    max_retries: int = _f(3, help="Attempts per upload after the first, with backoff, before it is reported failed.")
 
 
 @dataclass
@@ -420,6 +536,7 @@ class Recipe:
     )
     tinker: TinkerConfig = field(default_factory=TinkerConfig)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+    s3: S3Config = field(default_factory=S3Config)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
