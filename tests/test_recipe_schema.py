@@ -108,7 +108,7 @@ training:
     found = problems(path, ["training.seed=abc"])
     joined = "\n".join(found)
     assert len(found) == 6, joined
-    assert f"{path}:8: training.algorithm: 'sfft' is not one of sft|dpo|ppo|grpo|gspo; did you mean 'sft'?" in found
+    assert f"{path}:8: training.algorithm: 'sfft' is not one of sft|cpt|dpo|ppo|grpo|gspo; did you mean 'sft'?" in found
     assert f"{path}:9: training.max_steps: 1.5 (float) is not valid; expected a whole number, e.g. 8." in found
     assert f"{path}:10: training.lerning_rate: unknown key; did you mean training.learning_rate?" in found
     assert "command line: training.seed: 'abc' (str) is not valid; expected a whole number, e.g. 8." in found
@@ -124,7 +124,6 @@ training:
         ("training.algorithm=dpo", None),  # valid algorithm, columns distinct by default
         ("data.datasets[0].rejected_column=chosen", "DPO needs two different columns"),
         ("model.load_in_8bit=true", "set model.use_lora=true"),
-        ("training.eval_steps=10", "there is no evaluation data"),
         ("training.learning_rate=0", "must be greater than 0"),
         ("model.lora_dropout=1.5", "must be in [0, 1)"),
         ("training.deepspeed_config=nope.json", "'nope.json' does not exist"),
@@ -249,20 +248,21 @@ def test_gspo_is_grpo_with_the_papers_defaults_each_overridable(write_recipe):
         (["training.algorithm=gspo", "training.importance_sampling_level=token"], "turns GSPO into GRPO"),
         (["training.num_generations=3"], "training.num_generations: 3 does not divide the generation batch of 8"),
         (["training.num_generations=1"], "must be at least 2"),
-        (["rewards=[]"], "rewards: is empty, but grpo learns from rewards"),
+        (["workflow.type=solver_judge", "rewards=[]"], "rewards: is empty, but grpo learns from rewards"),
         (["training.temperature=0"], "training.temperature: 0.0 must be greater than 0"),
         (["data.eval_split_ratio=0.1", "training.per_device_eval_batch_size=12"], "not a multiple of"),
         (["data.eval_split_ratio=0.1", "training.num_generations_eval=5"],
          "training.per_device_eval_batch_size: 8 is not a multiple of training.num_generations_eval (5)"),
         (["training.num_generations_eval=0"], "training.num_generations_eval: 0 must be at least 1"),
         (["training.algorithm=ppo", "training.optim=adafactor"], "training.optim: 'adafactor' is not offered by PPO"),
-        (["training.algorithm=ppo", "training.gradient_accumulation_steps=2"], "use training.num_mini_batches"),
+        (["training.algorithm=ppo", "training.gradient_accumulation_steps=2", "training.num_mini_batches=3"],
+         "divide the rollout batch of 16 prompts (per_device_train_batch_size 8 x gradient_accumulation_steps 2)"),
         (["training.algorithm=dpo", "training.dpo_loss_type=[sigmoid, hinj]"],
          "training.dpo_loss_type[1]: 'hinj' is not a DPO loss; did you mean 'hinge'?"),
         (["training.algorithm=dpo", "training.dpo_loss_type=[sigmoid, sft]", "training.dpo_loss_weights=[1.0]"],
          "has 1 weights for 2 losses"),
         (["training.algorithm=dpo", "training.beta=0"], "must be greater than 0 for DPO"),
-        (["training.algorithm=ppo", "training.num_mini_batches=3"], "divide per_device_train_batch_size (8)"),
+        (["training.algorithm=ppo", "training.num_mini_batches=3"], "divide the rollout batch of 8 prompts"),
         (["training.algorithm=ppo", "training.lam=1.5"], "training.lam: 1.5 must be in [0, 1]"),
         (["training.algorithm=ppo", "rewards=[]"], "or set model.reward_model_name"),
         (["training.algorithm=dpo"], "rewards: DPO learns from preference pairs and reads no rewards"),

@@ -65,11 +65,15 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from fai_rl.artifacts import check_output_dir
     from fai_rl.backends import algorithm_module, check_dispatch
     from fai_rl.config import load_recipe, recipe_to_yaml
+    from fai_rl.config.load import recipe_notes
     from fai_rl.rewards import check_rewards
 
     launched = os.environ.get(LAUNCHED_ENV) == "1"
     recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards],
                          processes=int(os.environ.get("WORLD_SIZE", 1)) if launched else _world_size(args))
+    if not launched:  # the launching process says it once for all ranks
+        for note in recipe_notes(recipe):
+            print(f"note: {note}", flush=True)
     check_output_dir(recipe, resuming=args.resume is not None)
     child_argv = [a for a in argv if a != "--nohup"]
     nodes = Nodes(args.num_nodes, args.node_rank, args.main_process_ip, args.main_process_port)

@@ -12,6 +12,7 @@ import typing
 from omegaconf import MISSING
 
 from fai_rl.config.schema import EvalRecipe, Recipe
+from fai_rl.config.support import FAI_RL_VLM_KEYS, KEYS, read_by, support_of
 
 
 def _type_name(hint) -> str:
@@ -36,7 +37,7 @@ def _default(f: dataclasses.Field) -> str:
     return "`null`" if f.default is None else f"`{str(f.default).lower() if isinstance(f.default, bool) else f.default}`"
 
 
-def _section(cls, prefix: str, out: list[str]) -> None:
+def _section(cls, prefix: str, out: list[str], support: bool = False) -> None:
     hints = typing.get_type_hints(cls)
     rows = []
     nested = []
@@ -53,12 +54,36 @@ def _section(cls, prefix: str, out: list[str]) -> None:
         if "choices" in f.metadata:
             shown = ", ".join("null" if c is None else f"`{c}`" for c in f.metadata["choices"])
             help_text += f" One of: {shown}."
-        rows.append(f"| `{key}` | {_type_name(hint)} | {_default(f)} | {help_text} |")
+        cells = [f"`{key}`", _type_name(hint), _default(f), help_text]
+        if support:
+            row = support_of(key)
+            cells.insert(3, (read_by(row) + (" (FAI-RL key)" if row.fai_rl else "")) if row else "")
+        rows.append("| " + " | ".join(cells) + " |")
     if rows:
         out += [f"## `{prefix or 'top level'}`", "", (cls.__doc__ or "").strip(), ""]
-        out += ["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
+        head = ["key", "type", "default", "read by", "meaning"] if support else ["key", "type", "default", "meaning"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows, ""]
     for sub, key in nested:
-        _section(sub, key, out)
+        _section(sub, key, out, support)
+
+
+def _fai_rl_keys() -> list[str]:
+    """The FAI-RL key table: every key of FAI-RL's training config and what it maps onto here."""
+    out = [
+        "# FAI-RL keys",
+        "",
+        "Every key of Roblox FAI-RL's training config is accepted with FAI-RL's meaning ([fai-rl.md](fai-rl.md)): "
+        "what each maps onto, and who reads it.",
+        "",
+        "| key | maps to | read by |",
+        "|---|---|---|",
+    ]
+    for key, row in KEYS.items():
+        if row.fai_rl:
+            out.append(f"| `{key}` | {row.maps_to} | {read_by(row)} |")
+    for key in FAI_RL_VLM_KEYS:
+        out.append(f"| `{key}` | accepted, no effect: read only by FAI-RL's multimodal `sft_vlm`, not offered here | - |")
+    return [*out, ""]
 
 
 def render() -> str:
@@ -69,8 +94,13 @@ def render() -> str:
         "Generated from `src/fai_rl/config/schema.py` by `make docs`; do not edit by hand.",
         "Every key can be overridden on the command line: `fai-rl-train --recipe R.yaml training.learning_rate=5e-5`.",
         "",
+        "\"read by\" comes from the key-support table (`src/fai_rl/config/support.py`): a key written in a recipe "
+        "that the run's algorithm or backend does not read is an error, or, for a key FAI-RL's config accepts, a "
+        "one-line note. Keys of list items (`data.datasets[]`) apply to `data.eval_datasets[]` too.",
+        "",
     ]
-    _section(Recipe, "", out)
+    _section(Recipe, "", out, support=True)
+    out += _fai_rl_keys()
     out += [
         "# Evaluation recipes (`fai-rl-eval`)",
         "",

@@ -20,7 +20,8 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fai_rl.config.schema import ALGORITHM_DEFAULTS, EVAL_METRICS, EvalRecipe, Recipe
+from fai_rl.config.schema import ALGORITHM_DEFAULTS, ALGORITHMS, BACKENDS, EVAL_METRICS, EvalRecipe, Recipe
+from fai_rl.config.support import FAI_RL_VLM_KEYS, check_key_support, table_key
 from fai_rl.errors import RecipeError
 
 COMMAND_LINE = "command line"
@@ -175,6 +176,8 @@ class _Ctx:
     problems: list[str]
     reported: set[str] = dataclasses.field(default_factory=set)
     all_fields: dict[str, str] = dataclasses.field(default_factory=dict)  # leaf name -> dotted path, this schema
+    notes: list[str] = dataclasses.field(default_factory=list)  # one line each: what was accepted but changes nothing
+    accept_fai_rl_vlm: bool = False  # training recipes accept FAI-RL's sft_vlm-only keys (with a note)
 
     def where(self, dotted: str) -> str:
         if dotted in self.overridden:
@@ -227,6 +230,10 @@ def _check_section(value: Any, cls: type, dotted: str, ctx: _Ctx) -> Any:
     for key, sub in value.items():
         sub_dotted = f"{dotted}.{key}" if dotted else str(key)
         if key not in fields:
+            if ctx.accept_fai_rl_vlm and table_key(sub_dotted) in FAI_RL_VLM_KEYS:
+                ctx.notes.append(f"{sub_dotted}: read only by FAI-RL's multimodal sft_vlm trainer, which fai-rl does "
+                                 "not offer; no effect in this run (FAI-RL recipe key, accepted).")
+                continue
             near = _suggest(str(key), list(fields))
             if _SECRET_KEY.search(str(key)):  # the value is never echoed, and the way to pass it is named
                 hint = ("secrets do not belong in a recipe (it is saved with the run); remove it and set the "
@@ -331,6 +338,10 @@ def _check_choice(value: Any, f: dataclasses.Field | None, dotted: str, ctx: _Ct
     choices = f.metadata.get("choices") if f is not None else None
     if choices is None or value in choices:
         return value
+    if dotted == "training.algorithm" and value == "sft_vlm":
+        ctx.add(dotted, "'sft_vlm' (FAI-RL's multimodal SFT of vision-language models) is not offered by fai-rl yet; "
+                "for text models use sft (same recipe keys), or train the VLM with FAI-RL.")
+        return _BAD
     near = _suggest(str(value), [str(c) for c in choices if c is not None])
     shown = "|".join("null" if c is None else str(c) for c in choices)
     ctx.add(dotted, f"{value!r} is not one of {shown}; " + (f"did you mean '{near}'?" if near else "use one of those."))
@@ -351,16 +362,76 @@ def load_recipe(
 
     `extra_rules` come from upper layers (e.g. which (backend, algorithm) pairs exist) and report like the others.
     `processes` is the world size the launch asks for (batch shapes that must divide across processes).
+    What was accepted but changes nothing (FAI-RL keys this run does not read, FAI-RL meanings filled in) is returned
+    as notes: `recipe_notes(recipe)`.
     """
+    from fai_rl.config.fai_rl import resolve_fai_rl_meaning
     from fai_rl.config.rules import check_rules  # rules need the typed Recipe; imported here to keep layers one-way
 
-    recipe, ctx = _load_typed(Path(path), overrides, Recipe, _ALL_FIELDS)
+    recipe, ctx = _load_typed(Path(path), overrides, Recipe, _ALL_FIELDS, accept_fai_rl_vlm=True)
+    given = _given_values(recipe, ctx)
+    unread: list[tuple[str, str]] = []
+    if recipe.training.algorithm in ALGORITHMS and recipe.training.backend in BACKENDS:  # else: already reported
+        unread, support_notes = check_key_support(recipe, given, _DEFAULTS)
+        ctx.notes += support_notes
+    ctx.notes += resolve_fai_rl_meaning(recipe, set(given))
     for key, value in ALGORITHM_DEFAULTS.get(recipe.training.algorithm, {}).items():
         if getattr(recipe.training, key) is None:  # null means "the algorithm's default": make it explicit
             setattr(recipe.training, key, value)
     if recipe.training.metric_for_best_model and recipe.training.greater_is_better is None:
         recipe.training.greater_is_better = not recipe.training.metric_for_best_model.endswith("loss")
-    return _finish(recipe, ctx, [*check_rules(recipe, processes), *(p for rule in extra_rules for p in rule(recipe))])
+    # specific rules first: where one covers a key (e.g. rewards in a DPO recipe) its message is the better one
+    rules = [*check_rules(recipe, processes), *(p for rule in extra_rules for p in rule(recipe)), *unread]
+    recipe = _finish(recipe, ctx, rules)
+    recipe.__dict__["_notes"] = list(ctx.notes)  # not a schema field: never validated, dumped or documented
+    return recipe
+
+
+def recipe_notes(recipe: Recipe) -> list[str]:
+    """One line per thing the loader accepted that changes nothing, or filled in with FAI-RL's meaning."""
+    return list(recipe.__dict__.get("_notes", []))
+
+
+def _given_values(recipe: Recipe, ctx: _Ctx) -> dict[str, Any]:
+    """The keys the recipe file or the command line wrote, with their typed values (list items as name[i].key)."""
+    given: dict[str, Any] = {}
+    for dotted in [*ctx.lines, *ctx.overridden]:
+        if dotted in ctx.reported:
+            continue
+        node: Any = recipe
+        for part in parse_key_path(dotted):
+            if isinstance(part, int):
+                node = node[part] if isinstance(node, list) and part < len(node) else _BAD
+            elif dataclasses.is_dataclass(node):
+                node = getattr(node, part, _BAD)
+            elif isinstance(node, dict):
+                node = node.get(part, _BAD)
+            else:
+                node = _BAD
+            if node is _BAD:
+                break
+        if node is not _BAD:
+            given[dotted] = node
+    return given
+
+
+def _schema_defaults(cls: type, prefix: str = "") -> dict[str, Any]:
+    """table key -> schema default (MISSING for required keys), over the whole training-recipe schema."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, hint = f"{prefix}.{f.name}" if prefix else f.name, hints[f.name]
+        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
+        if dataclasses.is_dataclass(hint):
+            out.update(_schema_defaults(hint, key))
+            continue
+        if inner is not None and dataclasses.is_dataclass(inner):
+            out.update(_schema_defaults(inner, f"{key}[]"))
+        out[key] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return out
+
+
+_DEFAULTS = _schema_defaults(Recipe)
 
 
 def load_eval_recipe(
@@ -380,11 +451,13 @@ def load_eval_recipe(
     return _finish(recipe, ctx, [*check_eval_rules(recipe), *(p for rule in extra_rules for p in rule(recipe))])
 
 
-def _load_typed(path: Path, overrides: list[str] | None, schema: type, all_fields: dict[str, str]) -> tuple[Any, _Ctx]:
+def _load_typed(path: Path, overrides: list[str] | None, schema: type, all_fields: dict[str, str],
+                accept_fai_rl_vlm: bool = False) -> tuple[Any, _Ctx]:
     """Read, override and schema-check a recipe file into `schema`; problems so far are kept in the returned ctx."""
     tree, lines, problems = _read_yaml(path)
     overridden, override_problems = apply_overrides(tree, list(overrides or []))
-    ctx = _Ctx(str(path), lines, overridden, problems + override_problems, all_fields=all_fields)
+    ctx = _Ctx(str(path), lines, overridden, problems + override_problems, all_fields=all_fields,
+               accept_fai_rl_vlm=accept_fai_rl_vlm)
     cleaned = _check_section(tree, schema, "", ctx)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cleaned or {})
@@ -402,7 +475,7 @@ def _load_typed(path: Path, overrides: list[str] | None, schema: type, all_field
 
 def _finish(recipe: Any, ctx: _Ctx, rule_problems: list[tuple[str, str]]) -> Any:
     """Add the rules' problems (not those under a key already reported) and raise them all, or return the recipe."""
-    for key, msg in rule_problems:
+    for key, msg in rule_problems:  # the first problem of a key wins: a key is reported once
         if not any(key == k or key.startswith((k + ".", k + "[")) for k in ctx.reported):
             ctx.add(key, msg)
     if ctx.problems:
@@ -430,8 +503,29 @@ def redact(tree: Any) -> Any:
 
 
 def recipe_to_dict(recipe: Recipe | EvalRecipe) -> dict:
-    """The resolved recipe as a plain dict, secrets removed."""
-    return redact(dataclasses.asdict(recipe))
+    """The resolved recipe as a plain dict, secrets removed; for a training recipe only the keys this run reads
+    (the key-support table decides), so it says what runs and loads again as the same run."""
+    tree = dataclasses.asdict(recipe)
+    if isinstance(recipe, Recipe) and recipe.training.algorithm in ALGORITHMS and recipe.training.backend in BACKENDS:
+        tree = _only_read(tree, recipe, "")
+    return redact(tree)
+
+
+def _only_read(node: Any, recipe: Recipe, dotted: str) -> Any:
+    from fai_rl.config.support import support_of, why_unread
+
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            sub = f"{dotted}.{key}" if dotted else key
+            if support_of(table_key(sub)) is not None and why_unread(sub, recipe) is not None:
+                continue
+            out[key] = _only_read(value, recipe, sub) if support_of(table_key(sub)) is None or isinstance(value, list) \
+                else value
+        return out
+    if isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+        return [_only_read(v, recipe, f"{dotted}[{i}]") for i, v in enumerate(node)]
+    return node
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

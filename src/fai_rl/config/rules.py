@@ -31,7 +31,25 @@ def check_rules(recipe: Recipe, processes: int = 1) -> list[Problem]:
         *_ppo_rules(recipe),
         *_tinker_rules(recipe),
         *_workflow_rules(recipe, processes),
+        *_service_rules(recipe),
     ]
+
+
+def _service_rules(r: Recipe) -> Iterator[Problem]:
+    """wandb and S3: secrets never in a recipe; an enabled upload names its bucket."""
+    if r.wandb.api_key:  # the value is never echoed
+        yield "wandb.api_key", (
+            "a key in a recipe is refused (the recipe is saved with the run and its logs; the value is not shown "
+            "here); set WANDB_API_KEY or run `wandb login`, and leave wandb.api_key null."
+        )
+    s3 = r.s3
+    if s3.enabled and not s3.bucket.strip():
+        yield "s3.bucket", "is empty but s3.enabled is true; name the bucket to upload to (or set s3.enabled=false)."
+    if s3.enabled and (s3.bucket.startswith("s3://") or "/" in s3.bucket):
+        yield "s3.bucket", (f"'{s3.bucket}' is not a bucket name; give the bare name and put the path in s3.prefix "
+                            "(uploads go to s3://bucket/prefix/).")
+    if s3.max_retries < 0:
+        yield "s3.max_retries", f"{s3.max_retries} must be 0 or more."
 
 
 def _ranges(r: Recipe) -> Iterator[Problem]:
@@ -80,21 +98,41 @@ def _model_rules(r: Recipe) -> Iterator[Problem]:
     if m.load_in_4bit and m.load_in_8bit:
         yield "model.load_in_8bit", "true together with model.load_in_4bit; pick one quantisation."
     for key in ("load_in_4bit", "load_in_8bit"):
-        if getattr(m, key) and not m.use_lora:
+        if getattr(m, key) and not m.use_lora and r.training.backend == "local":
             yield f"model.{key}", (
                 "true without LoRA: quantised weights cannot be trained directly (QLoRA needs LoRA); "
                 "set model.use_lora=true."
             )
-        if getattr(m, key) and r.training.backend == "tinker":
-            yield f"model.{key}", "has no meaning on the Tinker backend (the service holds the weights); remove it."
     if not m.lora_target_modules:
         yield "model.lora_target_modules", "is empty; use [all-linear] or name modules such as [q_proj, v_proj]."
     if m.torch_dtype == "float16" and r.training.bf16:
         yield "training.bf16", "true with model.torch_dtype=float16; use bfloat16 weights or set training.bf16=false."
+    if r.training.fp16 and r.training.bf16:
+        yield "training.fp16", "true together with training.bf16 true; pick one mixed precision (set the other false)."
+    if m.use_flash_attention and m.attn_implementation is not None:
+        yield "model.use_flash_attention", (
+            f"true together with model.attn_implementation '{m.attn_implementation}'; keep one of them (FAI-RL's "
+            "use_flash_attention picks flash_attention_2 where it can run, else sdpa)."
+        )
+    ex = m.lora_exclude_modules
+    if ex is not None and not (isinstance(ex, str) or (isinstance(ex, list) and all(isinstance(x, str) for x in ex))):
+        yield "model.lora_exclude_modules", (
+            f"{ex!r} is not valid; give a list of module names, or one string (a regex over the module path).")
+    for key in ("s3_region", "s3_endpoint_url"):
+        if getattr(m, key) is not None and not getattr(m, key).strip():
+            yield f"model.{key}", "is empty; give a value or null."
 
 
 def _data_rules(r: Recipe) -> Iterator[Problem]:
     d = r.data
+    yield from _template_rules(r)
+    if d.max_prompt_length is not None and not 0 < d.max_prompt_length < d.max_length:
+        yield "data.max_prompt_length", (
+            f"{d.max_prompt_length} must be greater than 0 and less than data.max_length ({d.max_length}): the rest "
+            "of max_length is the completion's share."
+        )
+    if d.dataset_num_proc < 1:
+        yield "data.dataset_num_proc", f"{d.dataset_num_proc} must be 1 or more (processes that tokenise the data)."
     if not d.datasets:
         yield "data.datasets", "is empty; add at least one source, e.g. data.datasets[0].name=fai-rl/arithmetic."
     if d.eval_datasets and d.eval_split_ratio > 0:
@@ -110,13 +148,61 @@ def _data_rules(r: Recipe) -> Iterator[Problem]:
                 )
 
 
+_TEMPLATE_KEYS = ("system_prompt", "user_prompt", "assistant_prompt")
+
+
+def _template_rules(r: Recipe) -> Iterator[Problem]:
+    """FAI-RL's SFT templates: str.format over each source's dataset_columns, checked before any row is read.
+
+    FAI-RL falls back to the raw template (placeholders and all) when a placeholder has no column, and trains on that
+    text; here a placeholder that no listed column fills is an error naming both.
+    """
+    d = r.data
+    if (d.user_prompt is None) != (d.assistant_prompt is None):
+        have, missing = ("user_prompt", "assistant_prompt") if d.user_prompt is not None else \
+            ("assistant_prompt", "user_prompt")
+        yield f"data.{missing}", (
+            f"is null but data.{have} is set; FAI-RL's split mode needs both templates (user turn and assistant "
+            "turn, loss on the reply), or neither (data.system_prompt alone is the whole training text)."
+        )
+    sources = [(f"data.{w}[{i}]", spec) for w in ("datasets", "eval_datasets")
+               for i, spec in enumerate(getattr(d, w))]
+    templated = [(k, spec) for k, spec in sources if spec.dataset_columns is not None]
+    split = d.user_prompt is not None or d.assistant_prompt is not None
+    for key in _TEMPLATE_KEYS:
+        template = getattr(d, key)
+        if template is None or (key == "system_prompt" and not templated and not split):
+            continue  # a plain system message (our meaning): braces are text
+        names = _placeholders(template)
+        if names is None:
+            yield f"data.{key}", ("is not a valid template (an unmatched { or }); write a column as {column} and a "
+                                  "literal brace as {{ or }}.")
+            continue
+        positional = [n for n in names if n == "" or n.isdigit()]
+        if positional:
+            yield f"data.{key}", ("uses a positional field {} or {0}; name the column, e.g. {prompt} (a literal brace "
+                                  "is {{ or }}).")
+            continue
+        if split and not templated:
+            if names:
+                yield f"data.{key}", (
+                    f"uses {', '.join('{' + n + '}' for n in names)} but no data.datasets[i].dataset_columns lists "
+                    "the columns that fill it; add dataset_columns: [...] to each source."
+                )
+            continue
+        for src, spec in templated:
+            missing = sorted({n.split(".")[0].split("[")[0] for n in names} - set(spec.dataset_columns))
+            if missing:
+                yield f"data.{key}", (
+                    f"uses {', '.join('{' + n + '}' for n in missing)}, which {src}.dataset_columns "
+                    f"{spec.dataset_columns} does not list (FAI-RL would train on the unfilled template); add the "
+                    "column there, or write a literal brace as {{ or }}."
+                )
+
+
 def _training_rules(r: Recipe) -> Iterator[Problem]:
     t = r.training
-    has_eval = bool(r.data.eval_datasets) or r.data.eval_split_ratio > 0
-    if t.eval_steps is not None and not has_eval:
-        yield "training.eval_steps", (
-            f"{t.eval_steps} but there is no evaluation data; add data.eval_datasets or set data.eval_split_ratio."
-        )
+    has_eval = bool(r.data.eval_datasets) or r.data.eval_split_ratio > 0  # eval_steps without it: a note at load
     if not t.output_dir.strip():
         yield "training.output_dir", "is empty; name a directory for the run's artefacts, e.g. runs/my-run."
     yield from _best_model_rules(r, has_eval)
@@ -254,11 +340,15 @@ def _grpo_rules(r: Recipe, processes: int) -> Iterator[Problem]:
         steps = t.steps_per_generation or t.gradient_accumulation_steps
         batch = t.per_device_train_batch_size * processes * steps
         if batch % t.num_generations:
+            per_process = t.per_device_train_batch_size * steps
+            gpus = next(k for k in range(1, t.num_generations + 1) if per_process * k % t.num_generations == 0)
+            launch = (f", or launch on {gpus} GPUs (--num-gpus {gpus}: a batch of {per_process * gpus})"
+                      if processes == 1 and gpus > 1 else "")
             yield "training.num_generations", (
                 f"{t.num_generations} does not divide the generation batch of {batch} completions "
                 f"(per_device_train_batch_size {t.per_device_train_batch_size}{across} x "
                 f"{'steps_per_generation' if t.steps_per_generation else 'gradient_accumulation_steps'} {steps}); "
-                "make the batch a multiple of num_generations."
+                f"make the batch a multiple of num_generations{launch}."
             )
     has_eval = bool(r.data.eval_datasets) or r.data.eval_split_ratio > 0
     eval_group = t.num_generations if t.num_generations_eval is None else t.num_generations_eval
@@ -303,23 +393,22 @@ def _ppo_rules(r: Recipe) -> Iterator[Problem]:
         yield "training.kl_coef", f"{t.kl_coef} must be 0 or more."
     if t.num_ppo_epochs < 1:
         yield "training.num_ppo_epochs", f"{t.num_ppo_epochs} must be at least 1."
-    if t.num_mini_batches < 1 or t.per_device_train_batch_size % max(1, t.num_mini_batches):
+    rollout = t.per_device_train_batch_size * t.gradient_accumulation_steps  # prompts per process per PPO step
+    if t.num_mini_batches < 1 or rollout % max(1, t.num_mini_batches):
         yield "training.num_mini_batches", (
-            f"{t.num_mini_batches} must be at least 1 and divide per_device_train_batch_size "
-            f"({t.per_device_train_batch_size})."
+            f"{t.num_mini_batches} must be at least 1 and divide the rollout batch of {rollout} prompts "
+            f"(per_device_train_batch_size {t.per_device_train_batch_size} x gradient_accumulation_steps "
+            f"{t.gradient_accumulation_steps})."
         )
     # Keys the local PPO (written here, not TRL) cannot honour.
     if t.optim not in ("adamw_torch", "adamw_torch_fused"):
         yield "training.optim", f"'{t.optim}' is not offered by PPO, which uses torch AdamW; set training.optim=adamw_torch."
-    if t.gradient_accumulation_steps != 1:
-        yield "training.gradient_accumulation_steps", (
-            f"{t.gradient_accumulation_steps} has no meaning for PPO (each step makes num_ppo_epochs x "
-            "num_mini_batches updates); set it to 1 and use training.num_mini_batches."
-        )
 
 
 # DPO losses the Tinker backend computes itself (through forward_backward_custom).
 TINKER_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "sft")
+# Learning-rate schedules the Tinker loops compute (backends/tinker/common.py learning_rate_at).
+TINKER_SCHEDULES = ("linear", "constant", "cosine")
 
 
 def _tinker_rules(r: Recipe) -> Iterator[Problem]:
@@ -341,11 +430,6 @@ def _tinker_rules(r: Recipe) -> Iterator[Problem]:
         )
     if not (k.train_mlp or k.train_attn or k.train_unembed):
         yield "tinker.train_mlp", "false with train_attn and train_unembed false: LoRA would train nothing."
-    if t.algorithm == "ppo" and r.model.value_model_name:
-        yield "model.value_model_name", (
-            f"'{r.model.value_model_name}': Tinker has no value head, so PPO there learns no critic; remove it "
-            "(advantages use tinker.ppo_baseline), or use training.backend=local for a learned critic."
-        )
     if t.algorithm == "dpo":
         for i, loss in enumerate(t.dpo_loss_type):
             if loss in DPO_LOSSES and loss not in TINKER_DPO_LOSSES:
@@ -353,14 +437,11 @@ def _tinker_rules(r: Recipe) -> Iterator[Problem]:
                     f"'{loss}' is not offered on the Tinker backend; use one of {', '.join(TINKER_DPO_LOSSES)}, "
                     "or training.backend=local."
                 )
-    if t.algorithm in ("grpo", "gspo"):
-        if t.use_vllm:
-            yield "training.use_vllm", "true on the Tinker backend, which samples on the service; remove it."
-        if t.steps_per_generation is not None:
-            yield "training.steps_per_generation", (
-                f"{t.steps_per_generation}: the Tinker backend makes one update per sampled batch (num_iterations "
-                "for more passes); remove it."
-            )
+    if t.lr_scheduler_type.removesuffix("_with_warmup") not in TINKER_SCHEDULES:
+        yield "training.lr_scheduler_type", (
+            f"'{t.lr_scheduler_type}' is not offered on the Tinker backend (the schedule is computed here for each "
+            f"optim_step); use one of {', '.join(TINKER_SCHEDULES)} (optionally _with_warmup), or the local backend."
+        )
 
 
 def _placeholders(template: str) -> list[str] | None:

@@ -203,7 +203,7 @@ class DataConfig:
     )
     max_prompt_length: Optional[int] = _f(
         None,
-        help="GRPO/GSPO/PPO (FAI-RL's meaning): the prompt's share of max_length; when set and "
+        help="GRPO/GSPO (FAI-RL's meaning): the prompt's share of max_length; when set and "
         "training.max_completion_length is not, completions get max_length - max_prompt_length tokens. --dry-run "
         "counts longer prompts.",
     )

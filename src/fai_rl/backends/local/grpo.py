@@ -34,7 +34,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows
 from fai_rl.errors import BackendError
 from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config
-from fai_rl.rewards import build_rewards, preview_rewards
+from fai_rl.rewards import preview_rewards, recipe_rewards
 
 
 @dataclass
@@ -57,7 +57,7 @@ def prepare(recipe: Recipe, resume: str | None) -> PreparedGRPO:
     quantization_config(recipe.model)
     tokenizer = load_tokenizer(recipe.model)
     train, evaluation = load_prompt_rows(recipe)
-    return PreparedGRPO(tokenizer, train, evaluation, build_rewards(recipe), resume_point)
+    return PreparedGRPO(tokenizer, train, evaluation, recipe_rewards(recipe), resume_point)
 
 
 def describe(recipe: Recipe, prepared: PreparedGRPO) -> str:

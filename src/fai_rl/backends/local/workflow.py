@@ -50,14 +50,14 @@ class PreparedWorkflow:
 
 def prepare(recipe: Recipe, resume: str | None) -> PreparedWorkflow:
     """Tokenizer, task rows, reward functions and the workflow object; nothing written."""
-    from fai_rl.rewards import build_rewards
+    from fai_rl.rewards import recipe_rewards
 
     if resume is not None:
         raise RecipeError("--resume: workflow runs on the local backend save no resumable checkpoints (only final/); "
                           "start a fresh run, optionally from final/ via model.base_model_name.")
     tokenizer = load_tokenizer(recipe.model)
     train, evaluation = load_workflow_rows(recipe)
-    rewards = build_rewards(recipe)
+    rewards = recipe_rewards(recipe)
     return PreparedWorkflow(tokenizer, train, evaluation, rewards, build_workflow(recipe, reward_scorer(rewards)))
 
 
