@@ -48,3 +48,34 @@ def test_eval_recipe_validates(path: Path):
 
     recipe = load_eval_recipe(path, extra_rules=[check_eval_rewards])
     assert recipe.evaluation.models and recipe.evaluation.tasks
+
+
+# FAI-RL's README, verbatim: its commands name recipes/training/<algo>/llama3_3B_lora.yaml and these overrides.
+FAI_RL_README_COMMANDS = [
+    ("sft", 1, []),
+    ("dpo", 8, []),
+    ("sft", 4, ["training.learning_rate=5e-5", "training.num_train_epochs=3"]),
+    ("sft", 4, ["model.base_model_name=Qwen/Qwen3-4B-Instruct-2507", "training.num_train_epochs=3",
+                "training.learning_rate=5.0e-5"]),
+    ("dpo", 8, ["data.datasets[0].name=your-org/your-dataset", "training.output_dir=models/my_custom_model"]),
+]
+
+
+@pytest.mark.parametrize(("algorithm", "gpus", "overrides"), FAI_RL_README_COMMANDS)
+def test_fai_rl_readme_commands_resolve(algorithm, gpus, overrides):
+    recipe = load_recipe(ROOT / "recipes" / "training" / algorithm / "llama3_3B_lora.yaml", overrides,
+                         extra_rules=[check_dispatch, check_rewards], processes=gpus)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if key == "data.datasets[0].name":
+            assert recipe.data.datasets[0].name == value
+        elif key == "training.output_dir":
+            assert recipe.training.output_dir == value
+
+
+def test_every_algorithm_has_a_fai_rl_layout_recipe():
+    from fai_rl.config.schema import ALGORITHMS
+
+    for algorithm in ALGORITHMS:
+        recipe = load_recipe(ROOT / "recipes" / "training" / algorithm / "llama3_3B_lora.yaml")
+        assert recipe.training.algorithm == algorithm and recipe.model.use_lora
