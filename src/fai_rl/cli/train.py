@@ -67,9 +67,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from fai_rl.config import load_recipe, recipe_to_yaml
     from fai_rl.config.load import recipe_notes
     from fai_rl.rewards import check_rewards
+    from fai_rl.s3 import check_s3
 
     launched = os.environ.get(LAUNCHED_ENV) == "1"
-    recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards],
+    recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards, check_s3],
                          processes=int(os.environ.get("WORLD_SIZE", 1)) if launched else _world_size(args))
     if not launched:  # the launching process says it once for all ranks
         for note in recipe_notes(recipe):

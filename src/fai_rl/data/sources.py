@@ -44,6 +44,9 @@ def load_source(spec: DatasetSpec, key: str) -> Source:
             rows, origins, label = load_builtin_task(spec.name, spec.split), None, f"{spec.name}[{spec.split}]"
         except DataError as e:
             raise DataError(f"{key}.split: {e.problems[0]}") from None
+    elif spec.name.startswith("s3://"):
+        rows, origins = _read_s3(spec, key)
+        label = spec.name
     elif path.is_file():
         rows, origins = _read_file(path, key)
         label = str(path)
@@ -78,6 +81,21 @@ def _read_file(path: Path, key: str) -> tuple[list[dict], list[str] | None]:
 
         return _to_rows(datasets.Dataset.from_parquet(str(path))), None
     raise DataError(f"{key}.name: '{path}' is a {suffix or 'suffix-less'} file; use .jsonl, .json, .csv or .parquet.")
+
+
+def _read_s3(spec: DatasetSpec, key: str) -> tuple[list[dict], list[str] | None]:
+    """An s3:// file, downloaded (cached until its ETag changes) and read like a local one; rows named by the URI."""
+    from fai_rl.s3 import FILE_SUFFIXES, download_file
+
+    if Path(spec.name).suffix.lower() not in FILE_SUFFIXES:
+        raise DataError(f"{key}.name: '{spec.name}' is not a {', '.join(FILE_SUFFIXES)} file; an s3:// dataset must "
+                        "be one file of those types.")
+    local = download_file(spec.name, spec.s3_region, spec.s3_endpoint_url, key=f"{key}.name")
+    try:
+        rows, origins = _read_file(local, key)
+    except DataError as e:
+        raise DataError([p.replace(str(local), spec.name) for p in e.problems]) from None
+    return rows, [o.replace(str(local), spec.name, 1) for o in origins] if origins is not None else None
 
 
 def _read_json(path: Path, key: str) -> tuple[list[dict], list[str]]:

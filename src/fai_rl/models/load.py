@@ -10,8 +10,14 @@ from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.builtin import is_builtin_model, materialize_builtin_model
 
 
-def resolve_model_path(name: str) -> str:
-    """A path or hub id that from_pretrained accepts (built-in models are written to the cache on first use)."""
+def resolve_model_path(name: str, model: ModelConfig | None = None) -> str:
+    """A path or hub id that from_pretrained accepts (built-in models are written to the cache on first use; an
+    s3:// model dir is downloaded into it, with `model`'s s3_region / s3_endpoint_url, else boto3's defaults)."""
+    if name.startswith("s3://"):
+        from fai_rl.s3 import download_dir
+
+        region, endpoint = (model.s3_region, model.s3_endpoint_url) if model is not None else (None, None)
+        return str(download_dir(name, region, endpoint, key="model.base_model_name"))
     return str(materialize_builtin_model(name)) if is_builtin_model(name) else name
 
 
@@ -73,7 +79,7 @@ def estimated_gpu_bytes(recipe: Recipe) -> float:
     from transformers import AutoConfig
 
     m, t, d = recipe.model, recipe.training, recipe.data
-    c = AutoConfig.from_pretrained(resolve_model_path(m.base_model_name), trust_remote_code=m.trust_remote_code)
+    c = AutoConfig.from_pretrained(resolve_model_path(m.base_model_name, m), trust_remote_code=m.trust_remote_code)
     c = getattr(c, "text_config", c)
     h, inter, layers, vocab = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
     head_dim = getattr(c, "head_dim", None) or h // c.num_attention_heads
@@ -111,7 +117,7 @@ def load_tokenizer(model: ModelConfig):
     """The recipe's tokenizer, with a pad token (the EOS token when the model has none)."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(model.base_model_name)
+    path = resolve_model_path(model.base_model_name, model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -180,7 +186,7 @@ def load_causal_lm(model: ModelConfig):
     if model.attn_implementation is not None:
         kwargs["attn_implementation"] = model.attn_implementation
     try:
-        return AutoModelForCausalLM.from_pretrained(resolve_model_path(model.base_model_name), **kwargs)
+        return AutoModelForCausalLM.from_pretrained(resolve_model_path(model.base_model_name, model), **kwargs)
     except (OSError, ValueError) as e:
         raise RecipeError(
             f"model.base_model_name: cannot load '{model.base_model_name}' ({str(e).splitlines()[0]}); "

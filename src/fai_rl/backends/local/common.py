@@ -21,6 +21,7 @@ from fai_rl.models.load import (
     use_gradient_checkpointing,
     use_liger_kernel,
 )
+from fai_rl.s3 import Uploads, fetch_resume_checkpoint
 
 # transformers 5.2x renamed gradient_checkpointing (the old name warns); older 5.x only knows the old one.
 _CHECKPOINTING_ARG = (
@@ -174,6 +175,7 @@ class ResumePoint:
 
 def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
     """The checkpoint --resume means (latest in output_dir, or a given dir), checked to hold full training state."""
+    resume = fetch_resume_checkpoint(recipe, resume)  # from s3:// (or the store's newer checkpoint) into output_dir
     if resume is None:
         return None
     if resume == "latest":
@@ -251,6 +253,9 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    uploads = Uploads(recipe, main=trainer.is_world_process_zero())  # s3: checkpoint-N in the background, final/ below
+    if recipe.s3.enabled:
+        trainer.add_callback(uploads.callback())
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     state = trainer.state
     evaluated = [log["step"] for log in state.log_history if any(k.startswith("eval_") for k in log)]
@@ -259,6 +264,7 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
     final = save_final(trainer, tokenizer, recipe, run)
     if not trainer.is_world_process_zero():
         return None
+    uploads.final(final)
     runtime = result.metrics.get("train_runtime", 0.0)
     tokens = state.num_input_tokens_seen - (_tokens_seen(resume) if resume else 0)
     if not tokens:  # trainers that count tokens themselves (GRPO's num_tokens: prompts + completions)
@@ -274,6 +280,7 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
         peak_gpu_memory_gib=peak_gpu_memory_gib(),
         processes=trainer.accelerator.num_processes,
         final_dir=str(final),
+        **uploads.summary(),
         **({"best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
             "metric_for_best_model": recipe.training.metric_for_best_model}
            if recipe.training.metric_for_best_model else {}),

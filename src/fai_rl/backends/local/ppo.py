@@ -53,6 +53,7 @@ from fai_rl.backends.local.common import (
 from fai_rl.config.deepspeed import resolve_deepspeed_config, zero_stage
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import render_prompts
+from fai_rl.s3 import Uploads
 from fai_rl.sampling import stop_token_ids
 from fai_rl.models.load import (
     accelerator,
@@ -632,6 +633,7 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
     t = recipe.training
     ppo = PPORun(recipe, prepared)
     acc, main = ppo.accelerator, ppo.accelerator.is_main_process
+    uploads = Uploads(recipe, main=main)  # s3: checkpoint-N in the background, final/ at the end
     start = prepared.resume.step + 1 if prepared.resume else 1
     if main:
         print(f"PPO on this backend: {critic_name(recipe)}; reference: "
@@ -664,7 +666,7 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
         if has_eval and t.eval_steps and step % t.eval_steps == 0 and step != ppo.max_steps:
             log(step, ppo.evaluate(prepared.eval_rows))
         if step % t.save_steps == 0:
-            ppo.save_checkpoint(step)
+            uploads.checkpoint(ppo.save_checkpoint(step))
     runtime = time.time() - began
     if has_eval:
         log(ppo.max_steps, ppo.evaluate(prepared.eval_rows))
@@ -672,6 +674,7 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
     tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
     if not main:
         return None
+    uploads.final(final)
     return run.write_summary(
         algorithm=t.algorithm,
         backend=t.backend,
@@ -684,6 +687,7 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
         peak_gpu_memory_gib=peak_gpu_memory_gib(),
         processes=acc.num_processes,
         final_dir=str(final),
+        **uploads.summary(),
     )
 
 

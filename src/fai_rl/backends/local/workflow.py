@@ -28,6 +28,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
 from fai_rl.models.load import accelerator, load_causal_lm, load_tokenizer, lora_config
 from fai_rl.rl_math import sequence_ratio_loss, token_policy_loss
+from fai_rl.s3 import Uploads
 from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
 from fai_rl.workflows.data import describe_workflow, load_workflow_rows
 from fai_rl.workflows.loop import evaluate, rollout_metrics, step_tasks, tasks_per_step
@@ -131,6 +132,7 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
 
     hf_logging.disable_progress_bar()
     t, w = recipe.training, recipe.workflow
+    uploads = Uploads(recipe, checkpoints=False)  # s3: final/ only (this loop saves no checkpoints)
     torch.manual_seed(t.seed)
     model = build_policy(recipe)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -172,11 +174,12 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
     if prepared.eval:
         log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
     final = save_final(_saver(model, total), prepared.tokenizer, recipe, run)
+    uploads.final(final)
     return run.write_summary(
         algorithm=t.algorithm, backend=t.backend, workflow=w.type, global_step=total, resumed_from_step=None,
         train_runtime_s=round(runtime, 2), train_tokens=tokens,
         tokens_per_s=round(tokens / runtime, 1) if runtime else None, peak_gpu_memory_gib=peak_gpu_memory_gib(),
-        processes=1, final_dir=str(final),
+        processes=1, final_dir=str(final), **uploads.summary(),
     )
 
 

@@ -26,6 +26,7 @@ from fai_rl.artifacts import RunDir
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.load import resolve_model_path
+from fai_rl.s3 import Uploads
 
 CHECKPOINTS_FILE = "checkpoints.json"
 API_KEY_ENV = "TINKER_API_KEY"
@@ -112,6 +113,8 @@ class TinkerSession:
         self.service = tinker.ServiceClient(base_url=self.k.base_url)
         self.training = self._training_client(resume)
         self.tinker = tinker
+        # s3: only final/ goes up (checkpoints are tinker:// states that stay on the service)
+        self.uploads = Uploads(recipe, checkpoints=False, final=self.k.download_final)
 
     # ---- waiting
 
@@ -199,7 +202,9 @@ class TinkerSession:
         print(f"tinker: final state {self.last_state}\ntinker: final sampler weights {sampler.path}", flush=True)
         if not self.k.download_final:
             return None
-        return download_adapter(self, tokenizer, step)
+        final = download_adapter(self, tokenizer, step)
+        self.uploads.final(final)
+        return final
 
     def close(self, ok: bool) -> None:
         """End the service session (frees its LoRA slot at once); best effort, bounded."""
@@ -340,7 +345,7 @@ def write_summary(run: RunDir, recipe: Recipe, resume: TinkerResume | None, sess
         algorithm=recipe.training.algorithm, backend="tinker", global_step=total,
         resumed_from_step=resume.step if resume else None, train_runtime_s=round(runtime, 2),
         **{counted: count, rate: round(count / runtime, 1) if runtime else None}, **extra,
-        final_dir=str(final) if final else None, tinker_state=session.last_state,
+        final_dir=str(final) if final else None, tinker_state=session.last_state, **session.uploads.summary(),
     )
 
 
