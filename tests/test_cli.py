@@ -168,6 +168,22 @@ def _wait_for_exit(pid: int, timeout: float) -> None:
     raise AssertionError(f"detached run {pid} still running after {timeout}s")
 
 
+def test_every_run_writes_its_log_and_a_refused_run_none(write_recipe, tmp_path):
+    out = tmp_path / "run"
+    path = write_recipe(tiny_recipe(out))
+    proc = run_cli("--recipe", str(path), "training.max_steps=2", "training.eval_steps=null")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (log,) = (out / "logs").glob("train-*.log")
+    assert f"log: {log}" in proc.stdout
+    text = log.read_text()
+    # what the console showed from the start (the notes and the resolved recipe) to the closing table
+    assert "# resolved recipe" in text and "artefacts in" in text
+    assert all(line in proc.stdout + proc.stderr for line in text.splitlines())
+    refused = tmp_path / "refused"
+    proc = run_cli("--recipe", str(path), f"training.output_dir={refused}", "data.datasets[0].name=missing.jsonl")
+    assert proc.returncode == 2 and not refused.exists()
+
+
 def test_nohup_detaches_writes_log_and_pid_and_completes(write_recipe, tmp_path):
     out = tmp_path / "run"
     start = time.time()

@@ -107,6 +107,11 @@ def test_sft_under_ddp_learns_with_two_processes(tmp_path):
     proc = launch(write(tmp_path, sft_recipe(out)))
     assert "2 processes on CPU (gloo) via accelerate" in proc.stdout and "--multi_gpu" in proc.stdout
     assert_two_process_run(out, proc, "sft")
+    # one log, written by the launching process from its ranks' output, from the run's start to its closing table
+    (log,) = (out / "logs").glob("train-*.log")
+    assert f"log: {log}" in proc.stdout
+    text = log.read_text()
+    assert text.count("# resolved recipe") == 1 and "artefacts in" in text and "eval_loss" in text
     evals = [m["eval_loss"] for m in metrics(out) if "eval_loss" in m]
     assert evals[-1] < evals[0]
     assert (out / "checkpoint-4" / "optimizer.pt").exists() and not (out / "checkpoint-4" / "latest").exists()
@@ -278,6 +283,22 @@ def test_dry_run_prints_the_exact_launch_command(tmp_path, capsys, monkeypatch):
             f"--mixed_precision no --use_deepspeed --deepspeed_config_file recipes/deepspeed/zero2.json --module "
             f"fai_rl.cli.train --recipe {path}") in text
     assert not out.exists()
+
+
+def test_dry_run_plans_more_gpus_than_this_host_has_with_a_note(tmp_path, capsys, monkeypatch):
+    # checking an 8-GPU recipe on a laptop: the batch rules count 8 processes, the launch is shown, nothing runs
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    out = tmp_path / "run"
+    path = write(tmp_path, rl_recipe(out, "gspo", per_device_train_batch_size=1, num_generations=8))
+    assert main(["--recipe", str(path), "--dry-run"]) == 2  # 1 completion per step on one process: not a group
+    assert "training.num_generations" in capsys.readouterr().err
+    assert main(["--recipe", str(path), "--dry-run", "--num-gpus", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "this host has 0 GPUs; shown is the launch on a node with 8" in text
+    assert "8 processes on 8 GPUs via accelerate" in text and "--num_processes 8" in text
+    assert not out.exists()
+    assert main(["--recipe", str(path), "--num-gpus", "8"]) == 2  # a real launch still needs the GPUs
+    assert "asked for 8 GPUs but this host has 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -7,7 +7,7 @@
       curves.png             the metrics drawn against step
       final/                 HF model dir, or PEFT adapter + fai_rl.json naming its base
       checkpoint-N/          resumable checkpoints (local backend)
-      logs/                  --nohup logs and pid files
+      logs/                  train-<time>.log of every run (what the console showed); --nohup pid files
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 from fai_rl.config.deepspeed import deepspeed_config_path
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
+from fai_rl.runlog import LOG_ENV
 
 LAUNCHED_ENV = "FAI_RL_LAUNCHED"  # set in processes started by `accelerate launch`, so they train instead of relaunching
 DEFAULT_PORT = 29500
@@ -76,12 +77,16 @@ class LaunchPlan:
     nodes: Nodes = field(default_factory=Nodes)
     env: dict[str, str] = field(default_factory=dict)
     command: list[str] | None = None
+    note: str = ""  # --dry-run planned for GPUs this host does not have
 
     @property
     def world_size(self) -> int:
         return self.processes * self.nodes.count
 
     def describe(self) -> str:
+        return self.note + self._describe()
+
+    def _describe(self) -> str:
         if self.command is not None:
             env = " ".join(f"{k}={v}" for k, v in self.env.items())
             where = f"{self.gpus} GPUs" if self.gpus else "CPU (gloo)"
@@ -102,15 +107,22 @@ def plan_launch(
     child_argv: list[str],
     num_processes: int | None = None,
     nodes: Nodes | None = None,
+    dry_run: bool = False,
 ) -> LaunchPlan:
     """Decide how to start the run; RecipeError naming the flag when the host cannot give what was asked.
 
-    `num_gpus` and `num_processes` count this node only; accelerate is told the totals over all nodes.
+    `num_gpus` and `num_processes` count this node only; accelerate is told the totals over all nodes. A dry run may
+    ask for more GPUs than this host has (checking an 8-GPU recipe on a laptop): it shows that launch, with a note.
     """
     nodes = nodes or Nodes()
     host = count_host_gpus()
     if num_gpus is None:
         num_gpus = 1 if host else 0
+    note = ""
+    if dry_run and num_gpus > host:
+        note = (f"(this host has {host} GPU{'s' if host != 1 else ''}; shown is the launch on a node with "
+                f"{num_gpus}, which --num-gpus {num_gpus} needs)\n")
+        host = num_gpus
     problems = nodes.check()
     if num_gpus < 0:
         problems.append(f"--num-gpus: {num_gpus} must be 0 (CPU) or more.")
@@ -131,16 +143,16 @@ def plan_launch(
     # DeepSpeed needs the distributed environment a launcher sets up, even for one process (ZeRO-offload on one GPU)
     if processes == 1 and nodes.count == 1 and not recipe.training.deepspeed_config:
         if num_gpus == 0:
-            return LaunchPlan(0, host, env={"CUDA_VISIBLE_DEVICES": ""} if host else {})
+            return LaunchPlan(0, host, env={"CUDA_VISIBLE_DEVICES": ""} if host else {}, note=note)
         # HF Trainer wraps the model in DataParallel when it sees several GPUs in one process: show it one.
         first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
-        return LaunchPlan(1, host, env={"CUDA_VISIBLE_DEVICES": first} if host > 1 else {})
+        return LaunchPlan(1, host, env={"CUDA_VISIBLE_DEVICES": first} if host > 1 else {}, note=note)
     env = {LAUNCHED_ENV: "1"}
     if num_gpus == 0:  # CPU processes: DDP needs accelerate told so; DeepSpeed runs its CPU accelerator over gloo
         env["CUDA_VISIBLE_DEVICES"] = ""
         if not recipe.training.deepspeed_config:
             env["ACCELERATE_USE_CPU"] = "true"
-    plan = LaunchPlan(num_gpus, host, processes, nodes, env)
+    plan = LaunchPlan(num_gpus, host, processes, nodes, env, note=note)
     plan.command = accelerate_command(recipe, plan, child_argv)
     return plan
 
@@ -173,10 +185,12 @@ def accelerate_command(recipe: Recipe, plan: LaunchPlan, child_argv: list[str]) 
     return [*cmd, "--module", "fai_rl.cli.train", *child_argv]
 
 
-def relaunch(plan: LaunchPlan) -> int:
-    """Run the accelerate command and wait; its exit code is ours."""
+def relaunch(plan: LaunchPlan, started: Path) -> int:
+    """Run the accelerate command and wait, its output copied into the run's log; its exit code is ours."""
+    from fai_rl.runlog import call_teed
+
     print(f"launching: {plan.describe()}", flush=True)
-    return subprocess.call(plan.command, env={**os.environ, **plan.env})
+    return call_teed(plan.command, {**os.environ, **plan.env}, started)
 
 
 def detach(recipe: Recipe, child_argv: list[str]) -> tuple[int, Path, Path]:
@@ -193,7 +207,7 @@ def detach(recipe: Recipe, child_argv: list[str]) -> tuple[int, Path, Path]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the terminal closing; its own process group for `kill -- -PID`
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", LOG_ENV: str(log)},  # its output is this log already
         )
     pid_file.write_text(f"{proc.pid}\n")
     return proc.pid, log, pid_file

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from fai_rl.cli.launch import LAUNCHED_ENV, Nodes, detach, plan_launch, relaunch
 from fai_rl.cli import report_errors
@@ -58,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of fai-rl-train; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    return report_errors("fai-rl-train", lambda: _run(args, argv), "continue later with --resume")
+    from fai_rl.runlog import stop_log
+
+    try:
+        return report_errors("fai-rl-train", lambda: _run(args, argv), "continue later with --resume")
+    finally:
+        stop_log()  # after report_errors, so a run's closing error is in its log too
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -67,18 +73,22 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from fai_rl.config import load_recipe, recipe_to_yaml
     from fai_rl.config.load import recipe_notes
     from fai_rl.rewards import check_rewards
+    from fai_rl.runlog import start_log
     from fai_rl.s3 import check_s3
 
     launched = os.environ.get(LAUNCHED_ENV) == "1"
     recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards, check_s3],
                          processes=int(os.environ.get("WORLD_SIZE", 1)) if launched else _world_size(args))
+    check_output_dir(recipe, resuming=args.resume is not None)
+    if not (args.dry_run or args.nohup):  # the console, copied into output_dir/logs/ once the run starts
+        start_log(recipe.training.output_dir)
     if not launched:  # the launching process says it once for all ranks
         for note in recipe_notes(recipe):
             print(f"note: {note}", flush=True)
-    check_output_dir(recipe, resuming=args.resume is not None)
     child_argv = [a for a in argv if a != "--nohup"]
     nodes = Nodes(args.num_nodes, args.node_rank, args.main_process_ip, args.main_process_port)
-    plan = None if launched else plan_launch(recipe, args.num_gpus, child_argv, args.num_processes, nodes)
+    plan = None if launched else plan_launch(recipe, args.num_gpus, child_argv, args.num_processes, nodes,
+                                              dry_run=args.dry_run)
 
     if args.dry_run:
         module = algorithm_module(recipe)
@@ -93,7 +103,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
               f"  stop:   kill {pid}    # or: kill $(cat {pid_file})")
         return 0
     if plan is not None and plan.command is not None:
-        return relaunch(plan)
+        return relaunch(plan, Path(recipe.training.output_dir) / "recipe.resolved.yaml")
     if plan is not None:
         os.environ.update(plan.env)  # before torch sees CUDA
         print(f"fai-rl-train: {plan.describe()}", flush=True)
@@ -109,6 +119,7 @@ def _world_size(args: argparse.Namespace) -> int:
 def _train(recipe, resume: str | None, module) -> int:
     from fai_rl.artifacts import RunDir
     from fai_rl.config import recipe_to_yaml
+    from fai_rl.runlog import run_started
     from fai_rl.tracking import finish_wandb, start_wandb
 
     prepared = module.prepare(recipe, resume)  # data and resume point checked before anything is written
@@ -116,6 +127,7 @@ def _train(recipe, resume: str | None, module) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:
         run.start(recipe, resume_step=prepared.resume.step if prepared.resume else None)
+        run_started()
         print("# resolved recipe\n" + recipe_to_yaml(recipe), flush=True)
     wandb_run = start_wandb(recipe, run.path) if main_process else None
     try:
