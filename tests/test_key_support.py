@@ -58,7 +58,7 @@ def problems(path, overrides=()) -> list[str]:
 @pytest.mark.parametrize(("algorithm", "key", "read_by"), [
     ("sft", "training.kl_coef=0.1", "read by ppo"),
     ("dpo", "training.packing=true", "read by sft on the local backend"),
-    ("sft", "tinker.lora_rank=8", "the local backend does not read it"),
+    ("sft", "training.num_mini_batches=2", "read by ppo"),
     ("grpo", "training.precompute_ref_log_probs=true", "read by dpo on the local backend"),
 ])
 def test_an_unread_key_of_ours_is_an_error_naming_key_line_and_reader(write_recipe, tmp_path, algorithm, key, read_by):
@@ -73,6 +73,16 @@ def test_an_unread_key_of_ours_on_tinker_is_an_error_too(write_recipe, tmp_path)
     text = fairl_recipe("sft", tmp_path / "run", SFT_DATA, data_extra=SFT_TEMPLATE)
     found = problems(write_recipe(text), ["training.backend=tinker", "training.optim=adafactor"])
     assert any(p.startswith("command line: training.optim: the tinker backend does not read it") for p in found)
+
+
+def test_the_tinker_section_is_dormant_on_the_local_backend_with_one_note(write_recipe, tmp_path):
+    text = fairl_recipe("sft", tmp_path / "run", SFT_DATA, data_extra=SFT_TEMPLATE)
+    recipe = load_recipe(write_recipe(text), ["tinker.lora_rank=8", "tinker.max_retries=5"])
+    (note,) = [n for n in recipe_notes(recipe) if n.startswith("tinker.")]
+    assert note.startswith("tinker.lora_rank, tinker.max_retries: read only with training.backend=tinker"), note
+    # on tinker the same keys are read: no note
+    recipe = load_recipe(write_recipe(text), ["tinker.lora_rank=8", "training.backend=tinker"])
+    assert not [n for n in recipe_notes(recipe) if n.startswith("tinker.")]
 
 
 def test_an_unread_fai_rl_key_is_a_one_line_note_and_loads(write_recipe, tmp_path):

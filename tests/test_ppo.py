@@ -286,10 +286,12 @@ def test_lora_with_a_value_model_and_a_reward_model(write_recipe, tmp_path, one_
 def test_keys_ppo_cannot_honour_are_reported_together(write_recipe, tmp_path, capsys):
     from fai_rl.cli.train import main
 
-    recipe = small_ppo_recipe(tmp_path / "run", optim="adafactor", gradient_accumulation_steps=2)
+    # rollout = per_device 8 x gradient_accumulation_steps 2 = 16 prompts: 3 mini-batches cannot split it
+    recipe = small_ppo_recipe(tmp_path / "run", optim="adafactor", gradient_accumulation_steps=2, num_mini_batches=3)
     assert main(["--recipe", str(write_recipe(recipe)), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "2 errors" in err and "training.optim: 'adafactor'" in err and "training.gradient_accumulation_steps" in err
+    assert "2 errors" in err and "training.optim: 'adafactor'" in err and "training.num_mini_batches: 3" in err
+    assert "rollout batch of 16 prompts" in err
 
 
 def test_dry_run_shows_prompts_and_the_reward_preview(tmp_path, capsys):

@@ -164,7 +164,8 @@ KEYS: dict[str, Support] = {
     "training.gradient_checkpointing": _fai(backends=("local",), maps_to="TrainingArguments.gradient_checkpointing"),
     "training.deepspeed_config": _fai(backends=("local",), maps_to="TrainingArguments.deepspeed (+ accelerate "
                                       "--use_deepspeed); FAI-RL's configs/deepspeed/*.json names map to ours"),
-    "training.save_total_limit": _local(maps_to="TrainingArguments.save_total_limit"),
+    "training.save_total_limit": Support(maps_to="TrainingArguments.save_total_limit; Tinker: older saved states "
+                                         "deleted on the service"),
     "training.packing": _local("sft", maps_to="SFTConfig.packing"),
     "training.use_liger_kernel": _local("sft", "cpt", "dpo", maps_to="TrainingArguments.use_liger_kernel"),
     "training.fast_generation": _local(*RL, maps_to="static KV cache + compiled decode for generation"),
@@ -299,11 +300,17 @@ def check_key_support(r: Recipe, given: dict[str, object], defaults: dict[str, o
     An unread key of ours is an error; an unread FAI-RL key is a note, grouped with others of the same reason. A null
     written where the default is null says nothing and is skipped; so is a FAI-RL key written with our default value
     (FAI-RL's template writes `fp16: false` everywhere). Settings of a switched-off section (s3, wandb) are dormant,
-    not ignored: they are not reported.
+    not ignored: they are not reported. The tinker: section on the local backend is dormant too (one recipe serves
+    both backends): one note lists its keys.
     """
     errors: list[tuple[str, str]] = []
     noted: dict[str, list[str]] = {}
+    dormant = [k for k, v in given.items() if k.startswith("tinker.") and v != defaults.get(k)]
+    if r.training.backend != "tinker" and dormant:  # one recipe, both backends: its tinker: section waits for tinker
+        noted["read only with training.backend=tinker (dormant on this backend)"] = sorted(dormant)
     for key, value in given.items():
+        if r.training.backend != "tinker" and key.startswith("tinker."):
+            continue
         row = table_key(key)
         s = support_of(row)
         if s is None:
@@ -319,6 +326,7 @@ def check_key_support(r: Recipe, given: dict[str, object], defaults: dict[str, o
                 noted.setdefault(reason, []).append(key)
         else:
             errors.append((key, f"{reason}; remove it, or change training.algorithm / training.backend."))
-    notes = [f"{', '.join(keys)}: {reason}; no effect in this run (FAI-RL recipe key, accepted)."
+    notes = [f"{', '.join(keys)}: {reason}; no effect in this run"
+             + ("." if reason.startswith("read only with") else " (FAI-RL recipe key, accepted).")
              for reason, keys in noted.items()]
     return errors, notes
