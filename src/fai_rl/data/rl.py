@@ -2,22 +2,36 @@
 
 Prompt rows come from `prompt_column` (text, becomes [system?, user]) or `messages_column` (the conversation up to
 its last user turn). Every other column travels with the row, so reward functions receive it by name; the recipe's
-`answer_column` is also offered as `answer`, the name the built-in rewards read.
+`answer_column` is also offered as `answer`, the name the built-in rewards read. With `prompt_template` (FAI-RL's
+gsm8k / openmathinstruct, fai_rl.data.templates) the prompt is that template's conversation around the question and
+`answer` is the template's reference answer (the text after #### for gsm8k).
 
 Preference rows come from `prompt_column` + `chosen_column` + `rejected_column`, where chosen/rejected are text or
-conversations; without a prompt column, chosen and rejected are full conversations sharing everything but the last
-assistant turn. Both shapes end as TRL's conversational {prompt, chosen, rejected}.
+conversations. Without a prompt column, chosen and rejected are either full conversations sharing everything but the
+last assistant turn, or (Anthropic/hh-rlhf) two texts sharing a prefix, which TRL's extract_prompt splits off as the
+prompt. Every shape ends as TRL's conversational {prompt, chosen, rejected}: TRL needs one type across a mixed
+data set (FAI-RL's recipes mix hh-rlhf with coconot's prompt column), Tinker's DPO renders pairs through the chat
+template, and an hh-rlhf transcript ("\n\nHuman: ...\n\nAssistant: ...") is read as the turns it writes, so
+an instruct model sees its own chat format, as TRL's conversational hh-rlhf (trl-lib/hh-rlhf-helpful-base) does.
 """
 
 from __future__ import annotations
 
+import re
+
 from fai_rl.config.schema import DatasetSpec, Recipe
 from fai_rl.data.formats import short, with_system, check_messages
 from fai_rl.data.prepare import split_eval
-from fai_rl.data.sources import limit_problems, load_source
+from fai_rl.data.sources import Source, limit_problems, load_source
+from fai_rl.data.templates import template_answer, template_prompt
 from fai_rl.errors import DataError
 
 RESERVED = ("prompt", "completion", "completions", "chosen", "rejected")
+# hh-rlhf's transcript markers; a text pair is a transcript when it starts with a Human turn.
+_HUMAN, _ASSISTANT = "Human:", "\n\nAssistant:"
+_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+# The columns FAI-RL's shipped recipes name for its two template data sets, for error messages.
+_TEMPLATE_COLUMNS = "openai/gsm8k: question / answer; nvidia/OpenMathInstruct-2: problem / expected_answer"
 
 
 def load_prompt_rows(recipe: Recipe) -> tuple[list[dict], list[dict]]:
@@ -36,9 +50,9 @@ def _load(recipe: Recipe, convert, what: str) -> tuple[list[dict], list[dict]]:
         rows, problems = [], []
         for i, spec in enumerate(getattr(recipe.data, which)):
             source = load_source(spec, f"data.{which}[{i}]")
-            _check_columns(source.columns, spec, source.key, convert, what)
+            _check_columns(source, convert, what)
             for j, row in enumerate(source.rows):
-                result = convert(row, spec, recipe.data.system_prompt)
+                result = convert(row, spec, recipe.data.system_prompt, source.key)
                 if isinstance(result, str):
                     problems.append(f"{source.origin(j)}: {result}.")
                 else:
@@ -50,7 +64,18 @@ def _load(recipe: Recipe, convert, what: str) -> tuple[list[dict], list[dict]]:
     return train, evaluation
 
 
-def _check_columns(columns: list[str], spec: DatasetSpec, key: str, convert, what: str) -> None:
+def _check_columns(source: Source, convert, what: str) -> None:
+    columns, spec, key = source.columns, source.spec, source.key
+    if convert is _prompt_row and spec.prompt_template is not None:
+        missing = [f"{key}.{k} (now '{getattr(spec, k)}')" for k in ("prompt_column", "answer_column")
+                   if getattr(spec, k) not in columns]
+        if not missing:
+            return
+        raise DataError(
+            f"{key}: {source.origin(0)} has columns [{', '.join(columns)}] but {key}.prompt_template "
+            f"'{spec.prompt_template}' reads the question and the answer from {' and '.join(missing)}; set the keys "
+            f"that name your columns ({_TEMPLATE_COLUMNS})."
+        )
     if convert is _prompt_row:
         if spec.prompt_column in columns or spec.messages_column in columns:
             return
@@ -74,7 +99,9 @@ def _extra_columns(row: dict, spec: DatasetSpec, used: tuple[str, ...]) -> dict:
     return extra
 
 
-def _prompt_row(row: dict, spec: DatasetSpec, system_prompt: str | None) -> dict | str:
+def _prompt_row(row: dict, spec: DatasetSpec, system_prompt: str | None, key: str) -> dict | str:
+    if spec.prompt_template is not None:
+        return _template_row(row, spec, key)
     if spec.prompt_column in row:
         prompt = row[spec.prompt_column]
         if not isinstance(prompt, str) or not prompt.strip():
@@ -93,7 +120,25 @@ def _prompt_row(row: dict, spec: DatasetSpec, system_prompt: str | None) -> dict
     return {"prompt": with_system(messages, system_prompt), **_extra_columns(row, spec, used)}
 
 
-def _preference_row(row: dict, spec: DatasetSpec, system_prompt: str | None) -> dict | str:
+def _template_row(row: dict, spec: DatasetSpec, key: str) -> dict | str:
+    """FAI-RL's template conversation as the prompt and its reference answer as `answer` (data.system_prompt is not
+    added: the template brings its own system message, as in FAI-RL)."""
+    values = []
+    for name in ("prompt_column", "answer_column"):
+        column = getattr(spec, name)
+        if column not in row:
+            return (f"no '{column}' column ({key}.{name}), which prompt_template '{spec.prompt_template}' reads; "
+                    f"set {key}.{name} to the column that holds it ({_TEMPLATE_COLUMNS})")
+        value = row[column]
+        if not isinstance(value, str) or not value.strip():
+            return f"'{column}' ({key}.{name}) must be non-empty text, got {short(value)}"
+        values.append(value)
+    question, answer = values
+    extra = _extra_columns(row, spec, (spec.prompt_column,))
+    return {"prompt": template_prompt(question), **extra, "answer": template_answer(spec.prompt_template, answer)}
+
+
+def _preference_row(row: dict, spec: DatasetSpec, system_prompt: str | None, key: str) -> dict | str:
     chosen, rejected = row.get(spec.chosen_column), row.get(spec.rejected_column)
     if spec.prompt_column in row:
         prompt = row[spec.prompt_column]
@@ -109,6 +154,11 @@ def _preference_row(row: dict, spec: DatasetSpec, system_prompt: str | None) -> 
             if reply is None:
                 return f"'{col}' must be non-empty text or a conversation ending with an assistant turn, got {short(value)}"
             replies.append(reply)
+    elif isinstance(chosen, str) and isinstance(rejected, str):  # Anthropic/hh-rlhf: two texts sharing the prompt
+        split = _split_text_pair(chosen, rejected, spec, key)
+        if isinstance(split, str):
+            return split
+        prompt_messages, replies = split
     else:  # full conversations that differ in the last assistant turn
         for col, value in ((spec.chosen_column, chosen), (spec.rejected_column, rejected)):
             problem = check_messages(value, col)
@@ -129,6 +179,48 @@ def _preference_row(row: dict, spec: DatasetSpec, system_prompt: str | None) -> 
         "rejected": [{"role": "assistant", "content": replies[1]}],
         **_extra_columns(row, spec, used),
     }
+
+
+def _split_text_pair(chosen: str, rejected: str, spec: DatasetSpec, key: str) -> tuple[list[dict], list[str]] | str:
+    """(prompt messages, [chosen reply, rejected reply]) of two texts sharing a prefix, or why not.
+
+    TRL's extract_prompt finds the shared prefix character by character. In an hh-rlhf transcript the cut is moved
+    back to the start of the last shared Assistant turn, so each reply is a whole assistant turn (extract_prompt alone
+    would cut inside a reply: "...Assistant: I" + " like it" / " hate it"), and the prefix becomes its turns.
+    """
+    from trl.data_utils import extract_prompt  # TRL's own split; imported only for data that needs it
+
+    names = f"'{spec.chosen_column}' and '{spec.rejected_column}'"
+    if not chosen.strip() or not rejected.strip():
+        return f"{names} must both be non-empty text, got {short(chosen)} / {short(rejected)}"
+    if chosen == rejected:
+        return f"{names} are the same text, so there is no preference to learn"
+    shared = extract_prompt({"chosen": chosen, "rejected": rejected})["prompt"]
+    if chosen.lstrip().startswith(_HUMAN):
+        turn = shared.rfind(_ASSISTANT)
+        if turn < 0:
+            return (f"{names} differ before their first '{_ASSISTANT.strip()}' turn, so they share no prompt; a pair "
+                    "must repeat the conversation and differ only in the last assistant reply")
+        prompt_messages = _transcript_turns(shared[:turn])
+        cut = turn + len(_ASSISTANT)
+        replies = [chosen[cut:].strip(), rejected[cut:].strip()]
+    else:
+        if not shared.strip():
+            return (f"{names} share no prefix, so there is no prompt to split off; name the prompt "
+                    f"column in {key}.prompt_column (now '{spec.prompt_column}') or repeat the prompt in both")
+        prompt_messages = [{"role": "user", "content": shared}]
+        replies = [chosen[len(shared) :], rejected[len(shared) :]]
+    for col, reply in zip((spec.chosen_column, spec.rejected_column), replies):
+        if not reply.strip():
+            return f"'{col}' has no reply after the prompt it shares with the other side"
+    return prompt_messages, replies
+
+
+def _transcript_turns(text: str) -> list[dict]:
+    """hh-rlhf's "\n\nHuman: a\n\nAssistant: b..." as [{user: a}, {assistant: b}, ...]."""
+    parts = _TURN.split("\n\n" + text.lstrip())
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)]
 
 
 def _reply(value) -> str | None:

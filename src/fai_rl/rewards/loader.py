@@ -26,6 +26,7 @@ from typing import Any
 from fai_rl.config.schema import Recipe, RewardSpec
 from fai_rl.errors import RecipeError
 from fai_rl.rewards.countdown import countdown
+from fai_rl.rewards.fairl import fairl_answer_digit, fairl_answer_match, fairl_xml_format
 from fai_rl.rewards.function import TRL_INTERNAL, RewardError, RewardFn
 from fai_rl.rewards.remote import MAX_RETRIES, http_reward
 from fai_rl.rewards.reward_model import load_reward_model, reward_model, score_device
@@ -41,6 +42,10 @@ BUILTINS: dict[str, Callable] = {
     "countdown": countdown,
     "reward_model": reward_model,
     "http": http_reward,
+    # FAI-RL's GRPO/GSPO defaults (rewards/fairl.py); config/fai_rl.py fills them in for a recipe without rewards:.
+    "fairl_answer_match": fairl_answer_match,
+    "fairl_xml_format": fairl_xml_format,
+    "fairl_answer_digit": fairl_answer_digit,
 }
 # Built-ins whose calls are costly or reach outside: a failed batch is not re-run row by row to find the bad row.
 _NOT_RERUN = ("reward_model", "http")

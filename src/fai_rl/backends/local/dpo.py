@@ -89,6 +89,7 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir, callbacks: list | 
         label_smoothing=t.label_smoothing,
         precompute_ref_log_probs=t.precompute_ref_log_probs,
         max_length=recipe.data.max_length,
+        dataset_num_proc=recipe.data.dataset_num_proc,  # TRL tokenises the pairs with datasets.map
     )
     trainer = DPOTrainer(
         model=load_causal_lm(recipe.model),
