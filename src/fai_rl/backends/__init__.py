@@ -14,11 +14,13 @@ from fai_rl.config.schema import Recipe
 
 TRAINERS: dict[tuple[str, str], str] = {
     ("local", "sft"): "fai_rl.backends.local.sft",
+    ("local", "cpt"): "fai_rl.backends.local.sft",  # CPT is SFT on packed raw text, loss on every token: one module
     ("local", "dpo"): "fai_rl.backends.local.dpo",
     ("local", "grpo"): "fai_rl.backends.local.grpo",
     ("local", "gspo"): "fai_rl.backends.local.grpo",  # GSPO is GRPO with sequence-level ratios: one module
     ("local", "ppo"): "fai_rl.backends.local.ppo",
     ("tinker", "sft"): "fai_rl.backends.tinker.sft",
+    ("tinker", "cpt"): "fai_rl.backends.tinker.sft",  # one module, as on the local backend
     ("tinker", "dpo"): "fai_rl.backends.tinker.dpo",
     ("tinker", "grpo"): "fai_rl.backends.tinker.grpo",
     ("tinker", "gspo"): "fai_rl.backends.tinker.grpo",  # one module, as on the local backend

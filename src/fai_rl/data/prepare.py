@@ -1,6 +1,7 @@
 """From `data:` in a recipe to tokenised train/eval sets, checked row by row before any model loads.
 
-Every bad row is collected (named by file:line or name[split]:index) and reported together as one DataError.
+Every bad row is collected (named by file:line or name[split]:index) and reported together as one DataError. Rows
+FAI-RL skips (an empty rendered template, an empty CPT document) are skipped and counted in a note instead.
 """
 
 from __future__ import annotations
@@ -10,9 +11,16 @@ import statistics
 from dataclasses import dataclass, field
 
 from fai_rl.config.schema import Recipe
-from fai_rl.data.formats import SFTExample, sft_format, to_sft_example
+from fai_rl.data.formats import (
+    SFTExample,
+    answer_column_for,
+    fairl_example,
+    missing_columns,
+    sft_format,
+    to_sft_example,
+)
 from fai_rl.data.sources import Source, limit_problems, load_source
-from fai_rl.data.tokenize import IGNORE, Tokenized, tokenize_sft
+from fai_rl.data.tokenize import IGNORE, Tokenized, pack_blocks, tokenize_many
 from fai_rl.errors import DataError
 
 
@@ -46,39 +54,134 @@ class SFTData:
     eval: list[Tokenized]
     train_stats: LengthStats
     eval_stats: LengthStats | None
-    formats: dict[str, str]  # dataset key -> chat | completion | text
+    formats: dict[str, str]  # dataset key -> a kind of fai_rl.data.formats.KINDS
     samples: list[SFTExample] = field(default_factory=list)  # the first rows, for previews
     eval_examples: list[SFTExample] = field(default_factory=list)  # the held-out rows, for reward evals
+    notes: list[str] = field(default_factory=list)  # one line each: rows skipped, null values, how CPT packed
+    packed: bool = False  # CPT: train/eval are max_length blocks of concatenated documents
+
+
+@dataclass
+class LoadedRows:
+    """The rows of data.datasets (or data.eval_datasets) in trainable form, and what was noticed on the way."""
+
+    examples: list[SFTExample]
+    formats: dict[str, str]
+    notes: list[str]
 
 
 def load_sft_examples(recipe: Recipe, which: str = "datasets") -> tuple[list[SFTExample], dict[str, str]]:
     """Load and check every row of data.datasets (or data.eval_datasets) in SFT form."""
-    examples: list[SFTExample] = []
-    formats: dict[str, str] = {}
+    loaded = load_sft_rows(recipe, which)
+    return loaded.examples, loaded.formats
+
+
+def load_sft_rows(recipe: Recipe, which: str = "datasets") -> LoadedRows:
+    """Load and check every row in SFT form, FAI-RL's templates applied; rows FAI-RL skips are counted in notes."""
+    d = recipe.data
+    # FAI-RL gives system_prompt one meaning per recipe: once a source fills it from dataset_columns, it is a template,
+    # and sources without dataset_columns do not get it as a system message.
+    templated = any(spec.dataset_columns for spec in [*d.datasets, *d.eval_datasets])
+    plain_system = None if templated else d.system_prompt
+    out = LoadedRows([], {}, [])
     problems: list[str] = []
-    for i, spec in enumerate(getattr(recipe.data, which)):
+    for i, spec in enumerate(getattr(d, which)):
         source: Source = load_source(spec, f"data.{which}[{i}]")
-        kind = sft_format(source.columns, spec, source.key)
-        formats[source.key] = kind
-        for j, row in enumerate(source.rows):
-            out = to_sft_example(row, spec, kind, recipe.data.system_prompt)
-            if isinstance(out, str):
-                problems.append(f"{source.origin(j)}: {out}.")
+        absent = missing_columns(source.rows, spec.dataset_columns or [])
+        if absent:
+            raise DataError(
+                f"{source.origin(0)}: {source.key}.dataset_columns lists {', '.join(repr(c) for c in absent)}, which "
+                f"'{spec.name}' does not have (its columns: {', '.join(_all_columns(source.rows))}); fix the name in "
+                "dataset_columns or add the column to the data."
+            )
+        rows = source.rows
+        if spec.dataset_columns and not (d.user_prompt and d.assistant_prompt) and not d.system_prompt:
+            # dataset_columns without a template (FAI-RL: "columns to keep"): the row is read through these only
+            rows = [{c: row[c] for c in spec.dataset_columns if c in row} for row in rows]
+        kind = sft_format(_all_columns(rows), spec, source.key, d)
+        out.formats[source.key] = kind
+        if kind in ("template", "split"):
+            skipped = nulls = 0
+            for row in rows:
+                nulls += any(row.get(c) is None for c in spec.dataset_columns or ())
+                example = fairl_example(row, spec, kind, d, source.key)
+                if example is None:
+                    skipped += 1
+                else:
+                    out.examples.append(example)
+            what = "text" if kind == "template" else "user or assistant text"
+            if skipped:
+                out.notes.append(f"{source.key}: {skipped} of {len(rows)} rows skipped: their rendered {what} is "
+                                 "empty (FAI-RL skips them too).")
+            if nulls:
+                out.notes.append(f"{source.key}: {nulls} of {len(rows)} rows have a null or absent dataset_columns "
+                                 "value, rendered as 'None' (Python's str.format, as FAI-RL renders it).")
+            continue
+        spec = answer_column_for(spec, _all_columns(rows))
+        for j, row in enumerate(rows):
+            example = to_sft_example(row, spec, kind, plain_system)
+            if isinstance(example, str):
+                problems.append(f"{source.origin(j)}: {example}.")
             else:
-                examples.append(out)
+                out.examples.append(example)
     if problems:
         raise DataError(limit_problems(problems))
-    return examples, formats
+    return out
+
+
+def load_cpt_rows(recipe: Recipe, which: str = "datasets") -> LoadedRows:
+    """The documents of each source's text_column for CPT; empty or non-text values are skipped and counted, as
+    FAI-RL's cpt_trainer.py skips them, and a source without the column is a DataError (FAI-RL raises there too)."""
+    out = LoadedRows([], {}, [])
+    for i, spec in enumerate(getattr(recipe.data, which)):
+        source = load_source(spec, f"data.{which}[{i}]")
+        col = spec.text_column
+        if missing_columns(source.rows, [col]):
+            raise DataError(
+                f"{source.origin(0)}: {source.key}.text_column is '{col}', which '{spec.name}' does not have (its "
+                f"columns: {', '.join(_all_columns(source.rows))}); CPT trains on the raw text of that column, so set "
+                "text_column to the column that holds it."
+            )
+        out.formats[source.key] = "cpt"
+        before = len(out.examples)
+        for row in source.rows:
+            text = row.get(col)
+            if isinstance(text, str) and text.strip():
+                out.examples.append(SFTExample(text=text, kind="cpt"))
+        skipped = len(source.rows) - (len(out.examples) - before)
+        if skipped:
+            out.notes.append(f"{source.key}: {skipped} of {len(source.rows)} rows skipped: '{col}' is empty or not "
+                             "text (FAI-RL skips them too).")
+    return out
+
+
+def _all_columns(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(c for row in rows for c in row))
+
+
+def prepare_data(recipe: Recipe, tokenizer) -> SFTData:
+    """The data of an SFT or CPT recipe, loaded, checked, split and tokenised."""
+    return prepare_cpt_data(recipe, tokenizer) if recipe.training.algorithm == "cpt" else \
+        prepare_sft_data(recipe, tokenizer)
+
+
+def _load_all(recipe: Recipe, load) -> tuple[list[SFTExample], list[SFTExample], dict[str, str], list[str]]:
+    """Train and eval rows (eval held out when asked), their formats and notes; DataError when no row is left."""
+    train = load(recipe, "datasets")
+    eval_rows, formats, notes = [], dict(train.formats), list(train.notes)
+    if recipe.data.eval_datasets:
+        held = load(recipe, "eval_datasets")
+        eval_rows, notes = held.examples, notes + held.notes
+        formats.update(held.formats)
+    if not train.examples:
+        raise DataError([*notes, "data.datasets: no row is left to train on; check the data and the templates."])
+    train_rows, eval_rows = split_eval(train.examples, eval_rows, recipe)
+    return train_rows, eval_rows, formats, notes
 
 
 def prepare_sft_data(recipe: Recipe, tokenizer) -> SFTData:
     """Load, check, split and tokenise the SFT data of a recipe."""
-    train_rows, formats = load_sft_examples(recipe, "datasets")
-    eval_rows: list[SFTExample] = []
-    if recipe.data.eval_datasets:
-        eval_rows, eval_formats = load_sft_examples(recipe, "eval_datasets")
-        formats.update(eval_formats)
-    train_rows, eval_rows = split_eval(train_rows, eval_rows, recipe)
+    train_rows, eval_rows, formats, notes = _load_all(recipe, load_sft_rows)
     train, train_stats = _tokenize_all(train_rows, tokenizer, recipe)
     if not train:
         raise DataError(
@@ -86,7 +189,30 @@ def prepare_sft_data(recipe: Recipe, tokenizer) -> SFTData:
         )
     evaluation, eval_stats = _tokenize_all(eval_rows, tokenizer, recipe) if eval_rows else ([], None)
     return SFTData(train, evaluation, train_stats, eval_stats, formats, samples=train_rows[:2],
-                   eval_examples=eval_rows)
+                   eval_examples=eval_rows, notes=notes)
+
+
+def prepare_cpt_data(recipe: Recipe, tokenizer) -> SFTData:
+    """CPT: each document tokenised whole with an EOS appended, then train and eval packed into max_length blocks.
+
+    FAI-RL hands its text rows to TRL's SFTTrainer unpacked (each document truncated to max_length); packing trains on
+    every token of a long document and wastes no padding on short ones."""
+    train_docs, eval_docs, formats, notes = _load_all(recipe, load_cpt_rows)
+    n = recipe.data.max_length
+
+    def pack(docs: list[SFTExample], name: str) -> list[Tokenized]:
+        tokens = tokenize_many(docs, tokenizer, "all", 2**62, recipe.data.dataset_num_proc)  # whole documents
+        blocks, dropped = pack_blocks(tokens, n)
+        total = sum(len(t.input_ids) for t in tokens)
+        tail = f"; the last {dropped} tokens (under half a block) dropped" if dropped else ""
+        notes.append(f"cpt {name}: {len(docs)} documents, {total} tokens with an EOS after each, packed into "
+                     f"{len(blocks)} blocks of up to {n} tokens{tail}.")
+        return blocks
+
+    train = pack(train_docs, "train")
+    evaluation = pack(eval_docs, "eval") if eval_docs else []
+    return SFTData(train, evaluation, _stats(train), _stats(evaluation) if evaluation else None, formats,
+                   samples=train_docs[:2], eval_examples=[], notes=notes, packed=True)
 
 
 def split_eval(train_rows: list, eval_rows: list, recipe: Recipe) -> tuple[list, list]:
@@ -110,8 +236,8 @@ def split_eval(train_rows: list, eval_rows: list, recipe: Recipe) -> tuple[list,
 
 def _tokenize_all(rows: list[SFTExample], tokenizer, recipe: Recipe) -> tuple[list[Tokenized], LengthStats]:
     kept, lengths, truncated, dropped, loss_tokens = [], [], 0, 0, 0
-    for row in rows:
-        tok = tokenize_sft(row, tokenizer, recipe.data.loss_on, recipe.data.max_length)
+    d = recipe.data
+    for tok in tokenize_many(rows, tokenizer, d.loss_on, d.max_length, d.dataset_num_proc):
         lengths.append(tok.full_length)
         truncated += tok.full_length > recipe.data.max_length
         n_loss = sum(label != IGNORE for label in tok.labels)
@@ -120,8 +246,17 @@ def _tokenize_all(rows: list[SFTExample], tokenizer, recipe: Recipe) -> tuple[li
             continue
         loss_tokens += n_loss
         kept.append(tok)
+    return kept, _stats_of(lengths, truncated, dropped, loss_tokens)
+
+
+def _stats(blocks: list[Tokenized]) -> LengthStats:
+    """LengthStats of packed blocks: nothing is truncated or dropped, every token carries loss."""
+    return _stats_of([len(b.input_ids) for b in blocks], 0, 0, sum(len(b.input_ids) for b in blocks))
+
+
+def _stats_of(lengths: list[int], truncated: int, dropped: int, loss_tokens: int) -> LengthStats:
     ordered = sorted(lengths)
-    stats = LengthStats(
+    return LengthStats(
         count=len(lengths),
         min=ordered[0],
         mean=statistics.fmean(ordered),
@@ -132,4 +267,3 @@ def _tokenize_all(rows: list[SFTExample], tokenizer, recipe: Recipe) -> tuple[li
         dropped=dropped,
         loss_tokens=loss_tokens,
     )
-    return kept, stats

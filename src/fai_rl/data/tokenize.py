@@ -6,6 +6,8 @@ text, then mapped to tokens through the fast tokenizer's offsets:
   assistant turn i spans from the end of render(messages[:i], add_generation_prompt=True) to the end of
   render(messages[:i+1]), so it covers the reply *and* its end-of-turn token (the model must learn to stop).
 Templates that re-render history differently (so the prefix property fails) fall back to locating the reply text.
+
+CPT documents are tokenised as plain text (EOS appended), concatenated and cut into max_length blocks (pack_blocks).
 """
 
 from __future__ import annotations
@@ -40,6 +42,38 @@ def tokenize_sft(example, tokenizer, loss_on: str, max_length: int) -> Tokenized
             for tok, (s, e) in zip(ids, enc["offset_mapping"], strict=True)
         ]
     return Tokenized(input_ids=ids[:max_length], labels=labels[:max_length], full_length=len(ids))
+
+
+def tokenize_many(examples: list, tokenizer, loss_on: str, max_length: int, num_proc: int = 1) -> list[Tokenized]:
+    """tokenize_sft over many examples, in `num_proc` processes (datasets.map) when asked; the same result either way."""
+    if num_proc <= 1 or len(examples) < 2 * num_proc:
+        return [tokenize_sft(e, tokenizer, loss_on, max_length) for e in examples]
+    from datasets import Dataset
+
+    from fai_rl.data.formats import SFTExample
+
+    def tokenize_row(row: dict) -> dict:
+        t = tokenize_sft(SFTExample(messages=row["messages"], text=row["text"]), tokenizer, loss_on, max_length)
+        return {"input_ids": t.input_ids, "labels": t.labels, "full_length": t.full_length}
+
+    # messages are cleaned to {role, content} when loaded, so they survive the trip through Arrow unchanged
+    rows = Dataset.from_dict({"messages": [e.messages for e in examples], "text": [e.text for e in examples]})
+    done = rows.map(tokenize_row, num_proc=num_proc, remove_columns=rows.column_names, desc="tokenising")
+    return [Tokenized(r["input_ids"], r["labels"], r["full_length"]) for r in done]
+
+
+def pack_blocks(documents: list[Tokenized], max_length: int) -> tuple[list[Tokenized], int]:
+    """Concatenate the documents' tokens and cut them into blocks of max_length, every token carrying loss.
+
+    The last, partial block is kept when it holds at least half of max_length tokens or is the only block (a corpus
+    shorter than one block still trains); otherwise its tokens are dropped. Returns (blocks, tokens dropped).
+    """
+    stream = [tok for doc in documents for tok in doc.input_ids]
+    blocks = [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
+    dropped = 0
+    if len(blocks) > 1 and len(blocks[-1]) < max_length / 2:
+        dropped = len(blocks.pop())
+    return [Tokenized(input_ids=b, labels=list(b), full_length=len(b)) for b in blocks], dropped
 
 
 def render_with_loss_spans(messages: list[dict], tokenizer, loss_on: str) -> tuple[str, list[tuple[int, int]]]:

@@ -1,8 +1,9 @@
-"""Supervised fine-tuning on the local backend, through TRL's SFTTrainer.
+"""Supervised fine-tuning and continued pre-training (CPT) on the local backend, through TRL's SFTTrainer.
 
 Full fine-tune, LoRA (peft) and QLoRA (bitsandbytes 4-bit + LoRA) from the same recipe keys. Departure from plain TRL:
 we tokenise and mask the data ourselves (fai_rl.data.tokenize) and hand SFTTrainer `input_ids` + `labels`, so the
 loss mask `--dry-run` prints is exactly the one trained on, for any chat template and any `data.loss_on` choice.
+CPT is the same trainer on max_length blocks of packed raw text with loss on every token (fai_rl.data.prepare).
 
 With `rewards:` in an SFT recipe, every evaluation also answers the held-out prompts greedily and scores the replies
 against the held-out reference replies (offered to the rewards as `answer`): eval_reward and eval_rewards/<fn>/mean,
@@ -25,9 +26,13 @@ from fai_rl.backends.local.common import (
     trainer_arguments,
 )
 from fai_rl.config.schema import Recipe
-from fai_rl.data.prepare import SFTData, prepare_sft_data
+from fai_rl.data.formats import KINDS
+from fai_rl.data.prepare import SFTData, prepare_data
 from fai_rl.data.tokenize import IGNORE, tokenize_sft
 from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config
+
+
+PREVIEW_TOKENS = 400  # of a CPT block in --dry-run (a block is max_length tokens, often thousands)
 
 
 @dataclass
@@ -42,18 +47,29 @@ def prepare(recipe: Recipe, resume: str | None) -> PreparedSFT:
     resume_point = find_resume_point(recipe, resume)
     quantization_config(recipe.model)  # a missing bitsandbytes is reported now, before output_dir is touched
     tokenizer = load_tokenizer(recipe.model)
-    return PreparedSFT(tokenizer=tokenizer, data=prepare_sft_data(recipe, tokenizer), resume=resume_point)
+    return PreparedSFT(tokenizer=tokenizer, data=prepare_data(recipe, tokenizer), resume=resume_point)
 
 
 def describe(recipe: Recipe, prepared: PreparedSFT) -> str:
-    """Two examples through the chat template with the loss-carrying text in [[ ]], and token statistics."""
+    """Each source's format, two examples (CPT: blocks) with the loss-carrying text in [[ ]], and token statistics."""
     d, tok = prepared.data, prepared.tokenizer
-    lines = [f"data formats: {', '.join(f'{k} = {v}' for k, v in d.formats.items())}"]
-    lines.append(f"train: {d.train_stats.line(recipe.data.max_length)}")
+    lines = ["data formats:", *(f"  {k} = {v}: {KINDS[v]}" for k, v in d.formats.items())]
+    lines += [f"note: {note}" for note in d.notes]
+    unit = "blocks" if d.packed else "examples"
+    lines.append(f"train: {d.train_stats.line(recipe.data.max_length)}".replace(" examples;", f" {unit};"))
     if d.eval_stats is not None:
-        lines.append(f"eval:  {d.eval_stats.line(recipe.data.max_length)}")
-    lines.append(f"loss on: {recipe.data.loss_on} (text inside [[ ]] carries loss; newlines shown as \\n)")
-    for n, example in enumerate(d.samples, start=1):
+        lines.append(f"eval:  {d.eval_stats.line(recipe.data.max_length)}".replace(" examples;", f" {unit};"))
+    loss_on = recipe.data.loss_on
+    if d.packed or set(d.formats.values()) <= {"template", "text"}:
+        loss_on = "every token, plain text"
+    lines.append(f"loss on: {loss_on} (text inside [[ ]] carries loss; newlines shown as \\n)")
+    if d.packed:
+        for n, block in enumerate(d.train[:2], start=1):
+            shown = block.input_ids[:PREVIEW_TOKENS]
+            more = f" (first {len(shown)} shown)" if len(shown) < len(block.input_ids) else ""
+            lines.append(f"--- block {n} (cpt; {len(block.input_ids)} tokens, all carry loss{more})")
+            lines.append(_mark_loss(shown, block.labels[: len(shown)], tok))
+    for n, example in enumerate([] if d.packed else d.samples, start=1):
         t = tokenize_sft(example, tok, recipe.data.loss_on, recipe.data.max_length)
         n_loss = sum(label != IGNORE for label in t.labels)
         lines.append(f"--- example {n} ({example.kind}; {len(t.input_ids)} tokens, {n_loss} carry loss)")
@@ -84,6 +100,8 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir, callbacks: list | 
     quiet_progress_bars()
     d = prepared.data
     has_eval = bool(d.eval)
+    for note in d.notes:
+        print(f"data: {note}", flush=True)
 
     def as_dataset(rows):
         return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
@@ -91,7 +109,7 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir, callbacks: list | 
     args = SFTConfig(
         **trainer_arguments(recipe, has_eval),
         max_length=recipe.data.max_length,
-        packing=recipe.training.packing,
+        packing=recipe.training.packing and not d.packed,  # CPT blocks are packed already
         completion_only_loss=False,  # the labels we built already hold the mask
     )
     trainer = SFTTrainer(

@@ -1,8 +1,9 @@
-"""Supervised fine-tuning on the Tinker backend: the service's `cross_entropy` loss with per-token weights.
+"""Supervised fine-tuning and CPT on the Tinker backend: the service's `cross_entropy` loss with per-token weights.
 
 The data are tokenised and masked exactly as on the local backend (fai_rl.data.tokenize), so `--dry-run` shows the
 same `[[loss-carrying]]` text; a token's weight is 1 where the local labels carry the loss and 0 elsewhere. The loss
-logged is the mean negative log-likelihood per weighted token, as the local backend reports it.
+logged is the mean negative log-likelihood per weighted token, as the local backend reports it. CPT trains the same
+way on max_length blocks of packed raw text, every token weighted 1 (fai_rl.data.prepare.prepare_cpt_data).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fai_rl.backends.tinker.common import (
     write_summary,
 )
 from fai_rl.config.schema import Recipe
-from fai_rl.data.prepare import SFTData, prepare_sft_data
+from fai_rl.data.prepare import SFTData, prepare_data
 from fai_rl.data.tokenize import IGNORE, Tokenized
 from fai_rl.models.load import load_tokenizer
 
@@ -42,7 +43,7 @@ def prepare(recipe: Recipe, resume: str | None) -> PreparedSFT:
     check_api_key()
     resume_point = find_tinker_resume(recipe, resume)
     tokenizer = load_tokenizer(recipe.model)
-    return PreparedSFT(tokenizer, prepare_sft_data(recipe, tokenizer), resume_point)
+    return PreparedSFT(tokenizer, prepare_data(recipe, tokenizer), resume_point)
 
 
 def describe(recipe: Recipe, prepared: PreparedSFT) -> str:
@@ -85,6 +86,8 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
     tinker = session.tinker
     log = StepLog(run, total, HEADLINE)
     save_every = recipe.tinker.save_every or t.save_steps
+    for note in data.notes:
+        print(f"data: {note}", flush=True)
     if recipe.rewards:  # the local backend scores greedy held-out replies with them at each evaluation
         print("tinker: rewards are not scored during SFT on the Tinker backend (eval_loss only); score the run "
               "afterwards with fai-rl-eval, which samples its tinker:// sampler weights", flush=True)
