@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fai_rl.config.schema import ModelConfig, Recipe
 from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.builtin import is_builtin_model, materialize_builtin_model
@@ -29,9 +31,11 @@ def accelerator() -> str:
 
 
 def use_bf16(recipe: Recipe) -> bool:
-    """training.bf16, with null resolved to: on for a bf16-capable GPU, off on CPU."""
+    """training.bf16, with null resolved to: on for a bf16-capable GPU, off on CPU (and off under training.fp16)."""
     if recipe.training.bf16 is not None:
         return recipe.training.bf16
+    if recipe.training.fp16:  # rules refuse both true; a null bf16 gives way to the fp16 the recipe asked for
+        return False
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -144,17 +148,18 @@ def quantization_config(model: ModelConfig):
     except ImportError:
         key = "model.load_in_4bit" if model.load_in_4bit else "model.load_in_8bit"
         raise BackendError(f"{key}: needs bitsandbytes; install it with pip install 'fai-rl[quant]'.") from None
+    import torch
     from transformers import BitsAndBytesConfig
 
     if model.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch_dtype(model)
+    weights = torch_dtype(model)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=model.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute,
-        bnb_4bit_quant_storage=compute,  # same storage dtype as the other weights, so FSDP/ZeRO can shard it
+        bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, model.bnb_4bit_compute_dtype) if model.bnb_4bit_compute_dtype else weights,
+        bnb_4bit_quant_storage=weights,  # same storage dtype as the other weights, so FSDP/ZeRO can shard it
     )
 
 
@@ -170,21 +175,56 @@ def lora_config(model: ModelConfig):
         lora_alpha=model.lora_alpha,
         lora_dropout=model.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        # a string is peft's regex over the full module path, a list exact names / name suffixes (FAI-RL's meaning)
+        exclude_modules=(model.lora_exclude_modules if isinstance(model.lora_exclude_modules, str | None)
+                         else list(model.lora_exclude_modules)),
+        bias=model.lora_bias,
         task_type="CAUSAL_LM",
     )
 
 
+def attn_implementation(model: ModelConfig) -> str | None:
+    """model.attn_implementation, or for FAI-RL's use_flash_attention: flash_attention_2 where the flash-attn package
+    is installed and the GPU has compute capability >= 8.0, else sdpa with a note (once a process). None: transformers
+    picks (sdpa where the model supports it)."""
+    if model.attn_implementation is not None or not model.use_flash_attention:
+        return model.attn_implementation  # rules refuse both set
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("flash_attn") is None:
+        why = "not installed here (no flash_attn package)"
+    elif not torch.cuda.is_available():
+        why = "not supported here (no CUDA GPU)"
+    elif torch.cuda.get_device_capability() < (8, 0):
+        why = "not supported here (GPU compute capability {}.{} < 8.0)".format(*torch.cuda.get_device_capability())
+    else:
+        return "flash_attention_2"
+    _note_once(f"model.use_flash_attention: flash-attention 2 is {why}; using SDPA")
+    return "sdpa"
+
+
+@functools.cache
+def _note_once(line: str) -> None:
+    print(line, flush=True)
+
+
 def load_causal_lm(model: ModelConfig):
-    """The base causal LM (quantised when asked), not yet wrapped with LoRA."""
+    """The base causal LM (quantised when asked), not yet wrapped with LoRA: the one from_pretrained mapping."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {
         "dtype": torch_dtype(model),
         "trust_remote_code": model.trust_remote_code,
         "quantization_config": quantization_config(model),
+        # transformers >= 5 always loads without a second copy and drops this argument; older ones read it
+        "low_cpu_mem_usage": model.low_cpu_mem_usage,
+        "ignore_mismatched_sizes": model.ignore_mismatched_sizes,
     }
-    if model.attn_implementation is not None:
-        kwargs["attn_implementation"] = model.attn_implementation
+    attention = attn_implementation(model)
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     try:
         return AutoModelForCausalLM.from_pretrained(resolve_model_path(model.base_model_name, model), **kwargs)
     except (OSError, ValueError) as e:
