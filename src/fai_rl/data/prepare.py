@@ -98,6 +98,7 @@ def load_sft_rows(recipe: Recipe, which: str = "datasets") -> LoadedRows:
         if spec.dataset_columns and not (d.user_prompt and d.assistant_prompt) and not d.system_prompt:
             # dataset_columns without a template (FAI-RL: "columns to keep"): the row is read through these only
             rows = [{c: row[c] for c in spec.dataset_columns if c in row} for row in rows]
+        spec = answer_column_for(spec, _all_columns(rows))
         kind = sft_format(_all_columns(rows), spec, source.key, d)
         out.formats[source.key] = kind
         if kind in ("template", "split"):
@@ -117,7 +118,6 @@ def load_sft_rows(recipe: Recipe, which: str = "datasets") -> LoadedRows:
                 out.notes.append(f"{source.key}: {nulls} of {len(rows)} rows have a null or absent dataset_columns "
                                  "value, rendered as 'None' (Python's str.format, as FAI-RL renders it).")
             continue
-        spec = answer_column_for(spec, _all_columns(rows))
         for j, row in enumerate(rows):
             example = to_sft_example(row, spec, kind, plain_system)
             if isinstance(example, str):
