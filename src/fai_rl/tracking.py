@@ -9,6 +9,7 @@ from __future__ import annotations
 import netrc
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from fai_rl.config.load import recipe_to_dict
 from fai_rl.config.schema import Recipe
@@ -20,8 +21,9 @@ def wandb_mode(recipe: Recipe) -> str:
         return recipe.wandb.mode
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
         return "online"
+    server = urlparse(os.environ.get("WANDB_BASE_URL") or recipe.wandb.base_url or "https://api.wandb.ai").hostname
     try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
+        if netrc.netrc().authenticators(server or "api.wandb.ai"):  # `wandb login` keys netrc by the server's host
             return "online"
     except (OSError, netrc.NetrcParseError):
         pass
@@ -29,11 +31,15 @@ def wandb_mode(recipe: Recipe) -> str:
 
 
 def start_wandb(recipe: Recipe, output_dir: Path):
-    """Start the wandb run of a recipe (None when disabled); prints where offline files go."""
+    """Start the wandb run of a recipe (None when disabled), on wandb.base_url's server; prints where offline files go."""
     if not recipe.wandb.enabled:
         return None
     import wandb
 
+    if recipe.wandb.base_url and not os.environ.get("WANDB_BASE_URL"):
+        # wandb reads its server from the environment (also in HF's WandbCallback and `wandb sync`); one the user
+        # exported wins over the recipe's
+        os.environ["WANDB_BASE_URL"] = recipe.wandb.base_url
     mode = wandb_mode(recipe)
     run = wandb.init(
         project=recipe.wandb.project,

@@ -35,9 +35,16 @@ RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
 DEEPSPEED_STATE = "latest"
 
 
-def missing_resume_files(path: Path) -> list[str]:
-    """What a checkpoint dir lacks to resume from it (empty when complete), plain or DeepSpeed."""
-    needed = [f for f in RESUME_FILES if not ((path / DEEPSPEED_STATE).exists() and f == "optimizer.pt")]
+def missing_resume_files(path: Path, weights_only: bool = False) -> list[str]:
+    """What a checkpoint dir lacks to resume from it (empty when complete), plain or DeepSpeed.
+
+    weights_only: a checkpoint saved with training.save_only_model needs only trainer_state.json (written last, so
+    its presence says the weights are complete too).
+    """
+    if weights_only:
+        needed = ["trainer_state.json"]
+    else:
+        needed = [f for f in RESUME_FILES if not ((path / DEEPSPEED_STATE).exists() and f == "optimizer.pt")]
     return [f for f in needed if not (path / f).exists()]
 
 
@@ -71,9 +78,19 @@ def resolved_performance(recipe: Recipe) -> dict:
     return perf
 
 
+def check_precision(recipe: Recipe) -> None:
+    """training.fp16 needs a CUDA GPU: on CPU there is no float16 GradScaler, and accelerate would run it anyway."""
+    if recipe.training.fp16 and accelerator() != "cuda":
+        raise BackendError(
+            "training.fp16: true, but this machine has no CUDA GPU; float16 mixed precision needs one (its loss "
+            "scaling is a CUDA GradScaler). Set training.fp16=false (float32 on CPU), or run on a GPU."
+        )
+
+
 def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool = True) -> dict:
     """The recipe's `training:` keys as transformers/TRL TrainingArguments keyword arguments: the one mapping."""
     t = recipe.training
+    check_precision(recipe)
     configured = start_cpu_processes()
     perf = resolved_performance(recipe)
     if perf["use_liger_kernel"]:
@@ -102,6 +119,7 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
         "seed": t.seed,
         "data_seed": t.seed,
         "bf16": use_bf16(recipe),
+        "fp16": t.fp16,  # rules refuse it with bf16 true; a null bf16 resolves to false under it (use_bf16)
         _CHECKPOINTING_ARG: perf["gradient_checkpointing"],
         "use_liger_kernel": perf["use_liger_kernel"],
         "logging_steps": t.logging_steps,
@@ -109,9 +127,12 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
         "save_strategy": "steps",
         "save_steps": t.save_steps,
         "save_total_limit": t.save_total_limit,
+        # weights only (no optimizer, scheduler, RNG): --resume then continues with a fresh optimizer (find_resume_point)
+        "save_only_model": t.save_only_model,
         "eval_strategy": "steps" if t.eval_steps is not None else "no",
         "eval_steps": t.eval_steps,
         "eval_on_start": has_eval,  # the "before" number every run's summary compares against
+        "prediction_loss_only": t.prediction_loss_only,
         # keep the best checkpoint (rules.py: eval data, eval_steps, save_steps a multiple of them): HF Trainer
         # tracks it at each evaluation, never rotates it out (save_total_limit), and with load_best_model_at_end
         # reloads it before final/ is saved
@@ -120,10 +141,17 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
         "load_best_model_at_end": t.load_best_model_at_end,
         "deepspeed": resolve_deepspeed_config(recipe, use_bf16(recipe)) if t.deepspeed_config else None,
         "accelerator_config": {"use_configured_state": configured},  # keep the gloo state set up just above
-        "ddp_find_unused_parameters": False,  # every trainable weight is used; the search costs a graph walk a step
+        # false by default: every trainable weight is used, and the search costs a graph walk a step
+        "ddp_find_unused_parameters": t.ddp_find_unused_parameters,
         "report_to": ["wandb"] if recipe.wandb.enabled else "none",
         "include_num_input_tokens_seen": "non_padding" if count_input_tokens else "no",
-        "dataloader_pin_memory": accelerator() == "cuda",
+        "dataloader_num_workers": t.dataloader_num_workers,
+        "dataloader_pin_memory": t.dataloader_pin_memory if t.dataloader_pin_memory is not None
+        else accelerator() == "cuda",
+        "dataloader_drop_last": t.dataloader_drop_last,
+        # SFT/DPO rows are already model inputs and TRL's collators pick their keys by name, so either value trains
+        # the same; GRPO/GSPO reward functions read the other columns (answer), so those keep every column
+        "remove_unused_columns": recipe.data.remove_unused_columns and t.algorithm not in ("grpo", "gspo"),
         "disable_tqdm": True,  # metrics.jsonl and the log lines below say the same, one line per logging step
     }
 
@@ -171,6 +199,7 @@ def peak_gpu_memory_gib() -> float | None:
 class ResumePoint:
     path: Path
     step: int
+    weights_only: bool = False  # saved with training.save_only_model: no optimizer, scheduler or RNG state
 
 
 def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
@@ -178,9 +207,10 @@ def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
     resume = fetch_resume_checkpoint(recipe, resume)  # from s3:// (or the store's newer checkpoint) into output_dir
     if resume is None:
         return None
+    weights_only = recipe.training.save_only_model
     if resume == "latest":
         found = checkpoints(Path(recipe.training.output_dir))
-        complete = [c for c in found if not missing_resume_files(c)]
+        complete = [c for c in found if not missing_resume_files(c, weights_only)]
         if not found:
             raise RecipeError(
                 f"--resume: no checkpoint-N in training.output_dir '{recipe.training.output_dir}' to resume from; "
@@ -193,6 +223,8 @@ def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
         path = Path(resume)
         if not path.is_dir():
             raise RecipeError(f"--resume: '{resume}' is not a checkpoint directory; give a checkpoint-N dir.")
+    if weights_only and missing_resume_files(path):  # weights only, as this recipe saves them
+        return _weights_only_resume_point(recipe, path)
     missing = missing_resume_files(path)
     if missing:
         raise RecipeError(
@@ -209,6 +241,42 @@ def find_resume_point(recipe: Recipe, resume: str | None) -> ResumePoint | None:
         )
     step = json.loads((path / "trainer_state.json").read_text())["global_step"]
     return ResumePoint(path=path, step=int(step))
+
+
+def _weights_only_resume_point(recipe: Recipe, path: Path) -> ResumePoint:
+    """--resume from a checkpoint of a training.save_only_model run: its weights, a fresh optimizer, and the schedule
+    and data position continued at its step (HF Trainer restores the step and skips the data; run_trainer moves the
+    schedule on)."""
+    if missing_resume_files(path, weights_only=True):
+        raise RecipeError(
+            f"--resume: '{path}' has no trainer_state.json (the run stopped while writing it); give an earlier "
+            "checkpoint-N."
+        )
+    if recipe.training.deepspeed_config:
+        raise RecipeError(
+            f"--resume: '{path}' holds weights only (training.save_only_model: true), and under "
+            "training.deepspeed_config HF Trainer resumes from DeepSpeed's own checkpoint, which was not saved; start a "
+            "fresh run from these weights (model.base_model_name), or train with save_only_model false to resume."
+        )
+    step = int(json.loads((path / "trainer_state.json").read_text())["global_step"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"--resume: {path.name} holds no optimizer state (training.save_only_model: true); continuing from its "
+              f"weights with a fresh optimizer, the learning-rate schedule continued at step {step} and the data "
+              "position skipped", flush=True)
+    return ResumePoint(path=path, step=step, weights_only=True)
+
+
+class ContinueSchedule(TrainerCallback):
+    """A fresh learning-rate scheduler moved on to the resumed step (a save_only_model checkpoint has no
+    scheduler.pt): HF Trainer restores global_step and the data position but would restart the warm-up."""
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        import warnings
+
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(state.global_step - lr_scheduler.last_epoch):
+                lr_scheduler.step()
 
 
 def save_final(trainer, tokenizer, recipe: Recipe, run: RunDir) -> Path:
@@ -256,6 +324,8 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
     uploads = Uploads(recipe, main=trainer.is_world_process_zero())  # s3: checkpoint-N in the background, final/ below
     if recipe.s3.enabled:
         trainer.add_callback(uploads.callback())
+    if resume is not None and resume.weights_only:
+        trainer.add_callback(ContinueSchedule())
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     state = trainer.state
     evaluated = [log["step"] for log in state.log_history if any(k.startswith("eval_") for k in log)]
