@@ -221,6 +221,24 @@ def test_cpt_dispatches_to_the_sft_modules_on_both_backends(tmp_path):
         assert algorithm_module(recipe).__name__ == module
 
 
+def test_dry_run_names_each_mode_and_shows_the_filled_template(tmp_path):
+    from fai_rl.backends.local import sft
+
+    flat = write_jsonl(tmp_path / "flat.jsonl", [{"prompt": "2+2", "response": None}])
+    cpt = write_jsonl(tmp_path / "cpt.jsonl", [{"text": "raw text"}, {"text": ""}])
+    recipe = recipe_of(tmp_path, "sft", source(flat, 'dataset_columns: ["prompt", "response"]'), BRACES_TEMPLATE)
+    text = sft.describe(recipe, sft.prepare(recipe, None))
+    assert "data.datasets[0] = template: FAI-RL flat template" in text
+    assert "note: data.datasets[0]: 1 of 1 rows have a null" in text
+    assert 'example 1 (template; 30 tokens, 30 carry loss)\n[[Q: 2+2\\nA: {"answer": "None"}\\n<|im_end|>]]' in text
+    recipe = recipe_of(tmp_path, "cpt", source(cpt, 'text_column: "text"'), max_length=6, max_prompt_length=4)
+    text = sft.describe(recipe, sft.prepare(recipe, None))
+    assert "data.datasets[0] = cpt: continued pre-training" in text and "1 of 2 rows skipped" in text
+    # "raw text" + EOS is 9 tokens: a block of 6 and a last one of 3 (half a block: kept)
+    assert "train: 2 blocks;" in text and "--- block 1 (cpt; 6 tokens, all carry loss)\n[[raw te]]" in text
+    assert "--- block 2 (cpt; 3 tokens, all carry loss)\n[[xt<|im_end|>]]" in text
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # short CPU training runs from FAI-RL-layout recipes: the loss falls
 
