@@ -17,6 +17,11 @@ How this departs from them:
 - With LoRA the reference is the same network with the adapter switched off, not a second copy.
 - One completion per prompt per step; the learning-rate schedule steps once per PPO step (so warmup_steps and
   max_steps count the same steps), while each step makes num_ppo_epochs x num_mini_batches optimizer updates.
+- Batch sizes have TRL's PPO meaning: a step's rollout is per_device_train_batch_size x gradient_accumulation_steps
+  prompts per process, split into num_mini_batches mini-batches; each mini-batch's gradient is accumulated over
+  micro-batches of per_device_train_batch_size before its one optimizer step (the forward passes of the rollout run
+  in micro-batches too, so per_device_train_batch_size bounds activation memory). (TRL's PPOConfig also multiplies
+  the rollout by num_mini_batches; FAI-RL's recipes leave that at 1, where the two agree.)
 - Several processes run as DDP or DeepSpeed ZeRO-1/2/3 through accelerate (each samples its own prompts). Under
   ZeRO-3 the policy and critic are sharded when DeepSpeed wraps them (they load whole on each process first, and the
   frozen reference stays whole on each process), and their shards are gathered once per rollout for generation.
@@ -45,6 +50,7 @@ from torch import nn
 from fai_rl.artifacts import RunDir, checkpoints
 from fai_rl.backends.local.common import (
     ResumePoint,
+    check_precision,
     find_resume_point,
     peak_gpu_memory_gib,
     save_final,
@@ -256,6 +262,10 @@ def build_models(recipe: Recipe, start: Path | None) -> tuple[PolicyAndCritic, n
     if recipe.training.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     value_backbone = None
+    # The critic is AutoModel's backbone of value_model_name plus our fresh value_head, trained from the first step.
+    # FAI-RL's PPO also scored rewards with that model (config/fai_rl.py copies it into reward_model_name when there
+    # are no rewards:); a causal-LM checkpoint has no trained score head, so the reward loader refuses it
+    # (rewards/reward_model.py) instead of scoring with a freshly initialised head.
     if m.value_model_name is not None:
         path = start / "value_model" if start is not None else resolve_model_path(m.value_model_name)
         value_backbone = AutoModel.from_pretrained(path, dtype=torch_dtype(m), trust_remote_code=m.trust_remote_code)
@@ -303,8 +313,10 @@ def describe(recipe: Recipe, prepared: PreparedPPO) -> str:
         f"prompts: {len(p.train_rows)} train, {len(p.eval_rows)} eval; prompt tokens min {min(lengths)} "
         f"max {max(lengths)} mean {sum(lengths) / len(lengths):.1f}; {cut} longer than data.max_length "
         f"{recipe.data.max_length} (left-truncated)",
-        f"per step: {t.per_device_train_batch_size} prompts x 1 completion (up to {t.max_completion_length} tokens), "
-        f"{t.num_ppo_epochs} epochs x {t.num_mini_batches} mini-batches; critic: {critic_name(recipe)}",
+        f"per step: {rollout_size(recipe)} prompts (per_device_train_batch_size {t.per_device_train_batch_size} x "
+        f"gradient_accumulation_steps {t.gradient_accumulation_steps}) x 1 completion (up to "
+        f"{t.max_completion_length} tokens), {t.num_ppo_epochs} epochs x {t.num_mini_batches} mini-batches; "
+        f"critic: {critic_name(recipe)}",
     ]
     for n, row in enumerate(p.train_rows[:2], start=1):
         text = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
@@ -314,6 +326,16 @@ def describe(recipe: Recipe, prepared: PreparedPPO) -> str:
     if p.resume is not None:
         lines.append(f"resume: from {p.resume.path} (step {p.resume.step})")
     return "\n".join(lines)
+
+
+def rollout_size(recipe: Recipe) -> int:
+    """Prompts one process samples per PPO step: per_device_train_batch_size x gradient_accumulation_steps."""
+    return recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps
+
+
+def micro_batches(indices: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """`indices` in consecutive chunks of at most `size` (one chunk, the tensor itself, when it fits)."""
+    return [indices] if len(indices) <= size else list(torch.split(indices, size))
 
 
 def critic_name(recipe: Recipe) -> str:
@@ -349,6 +371,7 @@ class PPORun:
 
         self.recipe, self.t, self.prepared = recipe, recipe.training, prepared
         self.tokenizer = prepared.tokenizer
+        check_precision(recipe)
         start_cpu_processes()
         resume = prepared.resume
         # Models first, from one seed on every process (the value head's init); before the Accelerator exists, so
@@ -365,15 +388,14 @@ class PPORun:
         # cpu=True for DDP on a CPU machine: without it accelerate does not see a torchrun world of CPU processes
         # (DeepSpeed brings its own CPU accelerator and must not be told cpu).
         self.accelerator = Accelerator(cpu=accelerator() == "cpu" and deepspeed_plugin is None,
-                                       mixed_precision="bf16" if use_bf16(recipe) else "no",
+                                       mixed_precision=_mixed_precision(recipe),
                                        deepspeed_plugin=deepspeed_plugin)
         set_seed(self.t.seed, device_specific=True)  # each process samples differently; DDP syncs the weights
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.t.learning_rate, weight_decay=self.t.weight_decay,
                                       fused=self.t.optim == "adamw_torch_fused" or None)
         self.max_steps = self.t.max_steps or math.ceil(
-            self.t.num_train_epochs * len(prepared.train_rows)
-            / (self.t.per_device_train_batch_size * self.accelerator.num_processes)
+            self.t.num_train_epochs * len(prepared.train_rows) / (rollout_size(recipe) * self.accelerator.num_processes)
         )
         scheduler = get_scheduler(self.t.lr_scheduler_type, optimizer, num_warmup_steps=self.t.warmup_steps,
                                   num_training_steps=self.max_steps)
@@ -472,13 +494,19 @@ class PPORun:
         attention_mask_bs = torch.cat([prompt_mask_bs, mask_bt.long()], dim=1)
         n = completion_ids_bt.shape[1]
         self.model.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            logits_btv, values_bt = self.model(input_ids_bs, attention_mask_bs, n)
-            logprobs_bt = token_logprobs(logits_btv, completion_ids_bt, t.temperature)
-            entropy_bt = entropy(logits_btv / t.temperature)
-            del logits_btv
-            ref_logprobs_bt = token_logprobs(self.reference_logits(input_ids_bs, attention_mask_bs, n),
-                                             completion_ids_bt, t.temperature)
+        parts = []  # (logprobs, entropy, values, ref_logprobs) per micro-batch: one batch of logits in memory at a time
+        for i in micro_batches(torch.arange(len(input_ids_bs)), t.per_device_train_batch_size):
+            ids_bs, attn_bs, completion_bt = (
+                (input_ids_bs, attention_mask_bs, completion_ids_bt) if len(i) == len(input_ids_bs)
+                else (input_ids_bs[i], attention_mask_bs[i], completion_ids_bt[i]))
+            with torch.no_grad(), self.accelerator.autocast():
+                logits_btv, values_part_bt = self.model(ids_bs, attn_bs, n)
+                parts.append((token_logprobs(logits_btv, completion_bt, t.temperature),
+                              entropy(logits_btv / t.temperature), values_part_bt))
+                del logits_btv
+                parts[-1] += (token_logprobs(self.reference_logits(ids_bs, attn_bs, n), completion_bt, t.temperature),)
+        logprobs_bt, entropy_bt, values_bt, ref_logprobs_bt = (
+            torch.cat(chunks) if len(chunks) > 1 else chunks[0] for chunks in zip(*parts, strict=True))
         score_b, parts = self.score(rows, completion_ids_bt, mask_bt, has_eos_b)
         rewards_bt = per_token_rewards(score_b, logprobs_bt, ref_logprobs_bt, mask_bt, t.kl_coef)
         advantages_bt, returns_bt = compute_gae(rewards_bt, values_bt, mask_bt, t.gamma, t.lam)
@@ -509,7 +537,9 @@ class PPORun:
     # ---- the update
 
     def update(self, r: Rollout) -> dict:
-        """num_ppo_epochs passes over the rollout in num_mini_batches shuffled mini-batches, one optimizer step each."""
+        """num_ppo_epochs passes over the rollout in num_mini_batches shuffled mini-batches, one optimizer step each;
+        a mini-batch larger than per_device_train_batch_size accumulates its gradient over micro-batches of that
+        size, each weighted by its share of the mini-batch."""
         t = self.t
         n = r.mask_bt.shape[1]
         size = len(r.mask_bt) // t.num_mini_batches
@@ -518,24 +548,42 @@ class PPORun:
         for _ in range(t.num_ppo_epochs):
             order = torch.randperm(len(r.mask_bt), device=r.mask_bt.device)
             for k in range(t.num_mini_batches):
-                i = order[k * size : (k + 1) * size]
-                with self.accelerator.autocast():
-                    logits_btv, values_bt = self.model(r.input_ids_bs[i], r.attention_mask_bs[i], n)
-                new_logprobs_bt = token_logprobs(logits_btv, r.input_ids_bs[i, -n:], t.temperature)
-                pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs_bt, r.logprobs_bt[i], r.advantages_bt[i],
-                                                           r.mask_bt[i], t.cliprange)
-                vf_loss, vf_clipfrac = value_loss(values_bt, r.values_bt[i], r.returns_bt[i], r.mask_bt[i],
-                                                  t.cliprange_value)
-                self.accelerator.backward(pg_loss + t.vf_coef * vf_loss)
+                micros = micro_batches(order[k * size : (k + 1) * size], t.per_device_train_batch_size)
+                for j, i in enumerate(micros):
+                    share = len(i) / size  # 1.0 (and the loss untouched) when the mini-batch is one micro-batch
+                    with self.accumulating(last=j == len(micros) - 1):
+                        with self.accelerator.autocast():
+                            logits_btv, values_bt = self.model(r.input_ids_bs[i], r.attention_mask_bs[i], n)
+                        new_logprobs_bt = token_logprobs(logits_btv, r.input_ids_bs[i, -n:], t.temperature)
+                        pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs_bt, r.logprobs_bt[i],
+                                                                   r.advantages_bt[i], r.mask_bt[i], t.cliprange)
+                        vf_loss, vf_clipfrac = value_loss(values_bt, r.values_bt[i], r.returns_bt[i], r.mask_bt[i],
+                                                          t.cliprange_value)
+                        loss = pg_loss + t.vf_coef * vf_loss
+                        self.accelerator.backward(loss if len(micros) == 1 else loss * share)
+                    for key, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clipfrac", clipfrac),
+                                       ("value_clipfrac", vf_clipfrac), ("approx_kl", approx_kl)):
+                        totals[key] = totals.get(key, 0.0) + value.item() * share
                 if t.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
-                for key, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clipfrac", clipfrac),
-                                   ("value_clipfrac", vf_clipfrac), ("approx_kl", approx_kl)):
-                    totals[key] = totals.get(key, 0.0) + value.item()
         self.scheduler.step()
         return {k: v / (t.num_ppo_epochs * t.num_mini_batches) for k, v in totals.items()}
+
+    @contextlib.contextmanager
+    def accumulating(self, last: bool):
+        """Around one micro-batch's backward: gradients kept local (no DDP all-reduce, no DeepSpeed step) unless it
+        is the mini-batch's last. What accelerator.accumulate does, for a micro-batch count that varies."""
+        if last:
+            yield
+            return
+        self.accelerator.gradient_state._set_sync_gradients(False)
+        try:
+            with self.accelerator.no_sync(self.model):
+                yield
+        finally:
+            self.accelerator.gradient_state._set_sync_gradients(True)
 
     # ---- evaluation and checkpoints
 
@@ -652,8 +700,7 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
         log(0, ppo.evaluate(prepared.eval_rows))
     began, tokens, window = time.time(), 0, []
     for step in range(start, ppo.max_steps + 1):
-        rows = step_rows(prepared.train_rows, step, t.per_device_train_batch_size, t.seed,
-                         acc.process_index, acc.num_processes)
+        rows = step_rows(prepared.train_rows, step, rollout_size(recipe), t.seed, acc.process_index, acc.num_processes)
         rollout = ppo.rollout(rows)
         lr = ppo.scheduler.get_last_lr()[0]
         window.append({**rollout.stats, **ppo.update(rollout), "learning_rate": lr})
@@ -689,6 +736,11 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
         final_dir=str(final),
         **uploads.summary(),
     )
+
+
+def _mixed_precision(recipe: Recipe) -> str:
+    """accelerate's mixed_precision for training.bf16 (null: auto) / training.fp16."""
+    return "bf16" if use_bf16(recipe) else "fp16" if recipe.training.fp16 else "no"
 
 
 def step_rows(rows: list[dict], step: int, batch: int, seed: int, rank: int, world: int) -> list[dict]:

@@ -25,9 +25,17 @@ prepare = rollouts.prepare  # API key, tokenizer, prompt rows, rewards, resume p
 _EMA_DECAY = 0.9
 
 
+def rollout_size(recipe: Recipe) -> int:
+    """Prompts sampled per PPO step, as on the local backend (one process): per_device x gradient_accumulation_steps.
+    The service takes each mini-batch whole, so there are no micro-batches here."""
+    return recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps
+
+
 def describe(recipe: Recipe, prepared: PreparedRL) -> str:
     t = recipe.training
-    per_step = (f"{t.per_device_train_batch_size} prompts x 1 completion (up to {t.max_completion_length} tokens), "
+    per_step = (f"{rollout_size(recipe)} prompts (per_device_train_batch_size {t.per_device_train_batch_size} x "
+                f"gradient_accumulation_steps {t.gradient_accumulation_steps}) x 1 completion (up to "
+                f"{t.max_completion_length} tokens), "
                 f"{t.num_ppo_epochs} epochs x {t.num_mini_batches} mini-batches of the ppo loss; {_critic(recipe)}")
     return rollouts.describe(recipe, prepared, per_step)
 
@@ -57,7 +65,8 @@ def baseline_advantages(rewards: list[float], kind: str, running: float | None, 
 
 def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
     t = recipe.training
-    total = t.max_steps or max(1, int(t.num_train_epochs * len(prepared.train) // t.per_device_train_batch_size))
+    size = rollout_size(recipe)
+    total = t.max_steps or max(1, int(t.num_train_epochs * len(prepared.train) // size))
     start = prepared.resume.step if prepared.resume else 0
     session = TinkerSession(recipe, run, prepared.resume)
     log = StepLog(run, total, HEADLINE)
@@ -74,7 +83,6 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
             log(0, rollouts.evaluate_reward(session, sampler, prepared, recipe, 0))
         order = list(range(len(prepared.train)))
         random.Random(t.seed).shuffle(order)
-        size = t.per_device_train_batch_size
         for step in range(start, total):
             step_began = time.time()
             rows = [prepared.train[order[(step * size + i) % len(order)]] for i in range(size)]
