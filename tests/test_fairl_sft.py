@@ -278,3 +278,23 @@ def test_cpt_run_learns(tmp_path, capsys):
     losses = train_losses(tmp_path, "cpt", source(path, 'text_column: "text"'))
     assert len(losses) == 15 and sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
     assert "data: cpt train: 20 documents" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.tinker
+def test_cpt_run_on_the_tinker_backend_learns(tmp_path, tinker_server, monkeypatch):
+    from fai_rl.cli.train import main
+
+    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": f"The number {i} doubled is {2 * i}."} for i in range(20)])
+    out = tmp_path / "run"
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(fairl_recipe("cpt", out, source(path, 'text_column: "text"'), model="fai-rl/tiny-sft",
+                                   max_length=64, max_prompt_length=32, batch=4, accumulation=1,
+                                   learning_rate="3.0e-3", max_steps=10))
+    assert main(["--recipe", str(recipe), "training.backend=tinker", f"tinker.base_url={tinker_server.base_url}",
+                 "tinker.lora_rank=8", "training.warmup_steps=0", "training.logging_steps=1"]) == 0
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 10 and sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
