@@ -115,6 +115,7 @@ class TinkerSession:
         self.tinker = tinker
         # s3: only final/ goes up (checkpoints are tinker:// states that stay on the service)
         self.uploads = Uploads(recipe, checkpoints=False, final=self.k.download_final)
+        self._delete_refused = False  # training.save_total_limit: the service refused a delete once (noted once)
 
     # ---- waiting
 
@@ -192,6 +193,38 @@ class TinkerSession:
         if self.k.checkpoint_ttl_s:
             rest = self.service.create_rest_client()
             self.wait(rest.set_checkpoint_ttl_from_tinker_path(path, self.k.checkpoint_ttl_s), f"setting TTL of {path}")
+        if kind == "state" and self.recipe.training.save_total_limit:
+            self._rotate([e for e in entries if e["kind"] == "state"])
+
+    def _rotate(self, states: list[dict]) -> None:
+        """training.save_total_limit on Tinker: delete the oldest saved states on the service, keeping the newest N
+        (the one --resume continues from is always the newest). The service may refuse (no delete endpoint, a
+        permission): one note, the state stays until its TTL, training goes on."""
+        limit = self.recipe.training.save_total_limit
+        stale = [e for e in states[:-limit] if not e.get("deleted")]
+        if not stale or self._delete_refused:
+            return
+        rest = self.service.create_rest_client()
+        for entry in stale:
+            try:
+                _result(rest.delete_checkpoint_from_tinker_path(entry["path"]), self.k.request_timeout_s)
+                entry["deleted"] = True
+            except Exception as e:  # noqa: BLE001 - a refused delete never ends the run
+                if not self._delete_refused:
+                    reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+                    print(f"note: training.save_total_limit: the service did not delete {entry['path']} ({reason}); "
+                          "older states stay there until their TTL (tinker.checkpoint_ttl_s).", flush=True)
+                self._delete_refused = True
+                break
+        if not any(e.get("deleted") for e in stale):
+            return
+        file = self.run.path / CHECKPOINTS_FILE
+        data = json.loads(file.read_text())
+        gone = {e["path"] for e in stale if e.get("deleted")}
+        data["checkpoints"] = [{**e, "deleted": True} if e["path"] in gone else e for e in data["checkpoints"]]
+        tmp = file.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, file)
 
     def finish(self, step: int, tokenizer) -> Path | None:
         """The final state, sampler weights, and final/ (the adapter downloaded as a PEFT dir, when asked)."""
