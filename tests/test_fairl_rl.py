@@ -147,18 +147,19 @@ def test_hh_rlhf_pairs_split_at_the_last_shared_assistant_turn(tmp_path):
     ]
 
 
-def test_a_broken_hh_rlhf_row_is_named_by_file_and_line(tmp_path):
+def test_a_broken_hh_rlhf_row_is_named_by_file_and_line(tmp_path, capsys):
     data = jsonl(tmp_path, "bad.jsonl", [
         {"chosen": hh("Hi", "Yes"), "rejected": hh("Hi", "No")},  # fine
-        {"chosen": hh("Hi", "Same"), "rejected": hh("Hi", "Same")},
+        {"chosen": hh("Hi", "Same"), "rejected": hh("Hi", "Same")},  # hh-rlhf holds such rows: skipped, counted
         {"chosen": "abc", "rejected": "xyz"},
         {"chosen": hh("Hi", "a"), "rejected": hh("Ho", "a")},
     ])
     with pytest.raises(DataError) as info:
         load_preference_rows(recipe_for(tmp_path, "dpo", [{"name": data}]))
-    assert len(info.value.problems) == 3
-    same, no_prefix, early = info.value.problems
-    assert same.startswith(f"{data}:2: 'chosen' and 'rejected' are the same text")
+    assert len(info.value.problems) == 2
+    no_prefix, early = info.value.problems
+    assert (f"note: data.datasets[0]: 1 of 4 rows skipped ('chosen' and 'rejected' are the same text, so there is no "
+            f"preference to learn; first: {data}:2)") in capsys.readouterr().out
     assert no_prefix.startswith(f"{data}:3: 'chosen' and 'rejected' share no prefix")
     assert "data.datasets[0].prompt_column" in no_prefix
     assert early.startswith(f"{data}:4: 'chosen' and 'rejected' differ before their first 'Assistant:' turn")

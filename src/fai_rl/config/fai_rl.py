@@ -19,6 +19,9 @@ from pathlib import Path
 
 from fai_rl.config.schema import Recipe, RewardSpec
 
+# Set on a PPO recipe whose reward model is FAI-RL's value_model_name: a model without a trained score head is used
+# as FAI-RL used it (a freshly initialised head, seeded) instead of being refused.
+FRESH_REWARD_HEAD = "_fai_rl_fresh_reward_head"
 # FAI-RL's shipped DeepSpeed files -> ours (zero3_config.json offloads optimizer and parameters to CPU).
 FAI_RL_DEEPSPEED = {"zero1_config": "zero1", "zero3_config": "zero3_offload", "zero3_auto_config": "zero3"}
 # FAI-RL's GRPO default rewards (trainers/grpo_trainer.py; its 4th, custom_reward_func, always returns 0).
@@ -56,6 +59,7 @@ def resolve_fai_rl_meaning(r: Recipe, given: set[str]) -> list[str]:
         notes.append(_fai_rl_grpo_defaults(r))
     if t.algorithm == "ppo" and r.model.value_model_name and not r.rewards and not r.model.reward_model_name:
         r.model.reward_model_name = r.model.value_model_name
+        r.__dict__[FRESH_REWARD_HEAD] = True  # FAI-RL scored with that model's fresh head: allowed, said in the note
         notes.append(f"model.reward_model_name: none given, so model.value_model_name '{r.model.value_model_name}' "
                      "also scores the rewards, as FAI-RL's PPO did (a fresh score head unless it is a trained reward "
                      "model: give rewards: or model.reward_model_name for a meaningful reward).")

@@ -44,6 +44,10 @@ def load_preference_rows(recipe: Recipe) -> tuple[list[dict], list[dict]]:
     return _load(recipe, _preference_row, "preference pairs")
 
 
+class Skip(str):
+    """A row left out, not an error: counted and said in one note per source (FAI-RL's data sets hold such rows)."""
+
+
 def _load(recipe: Recipe, convert, what: str) -> tuple[list[dict], list[dict]]:
     out: dict[str, list[dict]] = {}
     for which in ("datasets", "eval_datasets"):
@@ -51,12 +55,18 @@ def _load(recipe: Recipe, convert, what: str) -> tuple[list[dict], list[dict]]:
         for i, spec in enumerate(getattr(recipe.data, which)):
             source = load_source(spec, f"data.{which}[{i}]")
             _check_columns(source, convert, what)
+            skipped: dict[str, list[str]] = {}
             for j, row in enumerate(source.rows):
                 result = convert(row, spec, recipe.data.system_prompt, source.key)
-                if isinstance(result, str):
+                if isinstance(result, Skip):
+                    skipped.setdefault(str(result), []).append(source.origin(j))
+                elif isinstance(result, str):
                     problems.append(f"{source.origin(j)}: {result}.")
                 else:
                     rows.append(result)
+            for reason, where in skipped.items():
+                print(f"note: {source.key}: {len(where)} of {len(source.rows)} rows skipped ({reason}; first: "
+                      f"{where[0]}).", flush=True)
         if problems:
             raise DataError(limit_problems(problems))
         out[which] = rows
@@ -193,8 +203,8 @@ def _split_text_pair(chosen: str, rejected: str, spec: DatasetSpec, key: str) ->
     names = f"'{spec.chosen_column}' and '{spec.rejected_column}'"
     if not chosen.strip() or not rejected.strip():
         return f"{names} must both be non-empty text, got {short(chosen)} / {short(rejected)}"
-    if chosen == rejected:
-        return f"{names} are the same text, so there is no preference to learn"
+    if chosen == rejected:  # Anthropic/hh-rlhf holds some: no preference to learn, so left out and counted
+        return Skip(f"{names} are the same text, so there is no preference to learn")
     shared = extract_prompt({"chosen": chosen, "rejected": rejected})["prompt"]
     if chosen.lstrip().startswith(_HUMAN):
         turn = shared.rfind(_ASSISTANT)

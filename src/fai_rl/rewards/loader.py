@@ -117,13 +117,17 @@ def recipe_rewards(recipe: Recipe) -> list:
     name = recipe.model.reward_model_name
     if name is None:
         return fns
+    from fai_rl.config.fai_rl import FRESH_REWARD_HEAD
+
     path = resolve_model_path(name)
+    fresh = bool(recipe.__dict__.get(FRESH_REWARD_HEAD))  # FAI-RL's PPO: value_model_name scores with a fresh head
     try:
-        load_reward_model(path, score_device())  # loaded (and cached) now, so a bad model fails before training
+        load_reward_model(path, score_device(), fresh)  # loaded (and cached) now, so a bad model fails before training
     except RewardError as e:
         raise RecipeError(f"model.reward_model_name: {e}") from None
     label = "reward_model" if all(f.name != "reward_model" for f in fns) else "reward_model_name"
-    return [*fns, RewardFn(BUILTINS["reward_model"], name=label, kwargs={"model": path},
+    kwargs = {"model": path, **({"fresh_head": True} if fresh else {})}
+    return [*fns, RewardFn(BUILTINS["reward_model"], name=label, kwargs=kwargs,
                            where="model.reward_model_name", locate_failing_row=False)]
 
 

@@ -16,7 +16,8 @@ from fai_rl.rewards.function import RewardError
 
 
 def reward_model(
-    prompts: list[str], completions: list[str], *, model: str, batch_size: int = 8, max_length: int = 2048, **columns
+    prompts: list[str], completions: list[str], *, model: str, batch_size: int = 8, max_length: int = 2048,
+    fresh_head: bool = False, **columns
 ) -> list[float]:
     """The reward model's score (its single logit) for each prompt + completion; unbounded, unlike the others.
 
@@ -25,7 +26,7 @@ def reward_model(
     """
     import torch
 
-    tokenizer, net = load_reward_model(model, score_device())
+    tokenizer, net = load_reward_model(model, score_device(), fresh_head)
     texts = [_render(tokenizer, p, c) for p, c in zip(prompts, completions)]
     templated = getattr(tokenizer, "chat_template", None) is not None
     scores: list[float] = []
@@ -56,8 +57,11 @@ def score_device() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def load_reward_model(model: str, device: str):
-    """(tokenizer, model in eval mode on `device`), loaded once per process; RewardError saying why it cannot be."""
+def load_reward_model(model: str, device: str, fresh_head: bool = False):
+    """(tokenizer, model in eval mode on `device`), loaded once per process; RewardError saying why it cannot be.
+
+    `fresh_head` (FAI-RL's PPO, which scored with its value model): a checkpoint without a score head gets one
+    initialised from a fixed seed, the same on every process, instead of being refused."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -65,12 +69,15 @@ def load_reward_model(model: str, device: str):
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        net, info = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, output_loading_info=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a fresh head (fresh_head) is the same on every process and every run
+            net, info = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=dtype, output_loading_info=True, **({"num_labels": 1} if fresh_head else {}))
     except (OSError, ValueError, KeyError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RewardError(_cannot_load(model, reason)) from None
     untrained = [k for k in info.get("missing_keys", ()) if k.split(".")[0] in ("score", "classifier")]
-    if untrained:
+    if untrained and not fresh_head:
         raise RewardError(_cannot_load(
             model, f"its classification head ({', '.join(sorted(untrained))}) is not in the checkpoint, so it would "
             "score at random"
