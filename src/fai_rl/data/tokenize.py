@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fai_rl.data.formats import SFTExample
 from fai_rl.errors import DataError
 
 IGNORE = -100
@@ -45,12 +46,10 @@ def tokenize_sft(example, tokenizer, loss_on: str, max_length: int) -> Tokenized
 
 
 def tokenize_many(examples: list, tokenizer, loss_on: str, max_length: int, num_proc: int = 1) -> list[Tokenized]:
-    """tokenize_sft over many examples, in `num_proc` processes (datasets.map) when asked; the same result either way."""
+    """tokenize_sft over many examples, in `num_proc` processes (datasets.map) when asked; the same result as one."""
     if num_proc <= 1 or len(examples) < 2 * num_proc:
         return [tokenize_sft(e, tokenizer, loss_on, max_length) for e in examples]
     from datasets import Dataset
-
-    from fai_rl.data.formats import SFTExample
 
     def tokenize_row(row: dict) -> dict:
         t = tokenize_sft(SFTExample(messages=row["messages"], text=row["text"]), tokenizer, loss_on, max_length)

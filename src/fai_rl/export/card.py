@@ -16,8 +16,8 @@ from fai_rl.models.builtin import is_builtin_model
 
 # Values of these variables never appear in a card, whatever a recipe or summary held.
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TINKER_API_KEY", "WANDB_API_KEY")
-_ALGORITHMS = {"sft": "supervised fine-tuning",
-               "cpt": "continued pre-training (next-token loss on packed raw text)", "dpo": "DPO (direct preference optimisation)",
+_ALGORITHMS = {"sft": "supervised fine-tuning", "cpt": "continued pre-training (next-token loss on packed raw text)",
+               "dpo": "DPO (direct preference optimisation)",
                "grpo": "GRPO (group relative policy optimisation)", "gspo": "GSPO (group sequence policy optimisation)",
                "ppo": "PPO (proximal policy optimisation)"}
 
