@@ -85,6 +85,17 @@ def test_the_tinker_section_is_dormant_on_the_local_backend_with_one_note(write_
     assert not [n for n in recipe_notes(recipe) if n.startswith("tinker.")]
 
 
+def test_system_prompt_beside_fai_rl_prompt_templates_is_a_note(write_recipe, tmp_path):
+    # FAI-RL's GRPO without rewards: its prompt templates carry their own system message; data.system_prompt is inert
+    text = fairl_recipe("grpo", tmp_path / "run", RL_DATA, model="fai-rl/tiny-sft",
+                        data_extra='  system_prompt: "Be brief."\n')
+    notes = recipe_notes(load_recipe(write_recipe(text)))
+    assert any(n.startswith("data.system_prompt: every data.datasets[] has a prompt_template") for n in notes), notes
+    text = text.replace("# Weights & Biases", "rewards:\n  - function: exact_match\n# Weights & Biases")
+    notes = recipe_notes(load_recipe(write_recipe(text)))  # own rewards, no template: the system prompt is read
+    assert not any(n.startswith("data.system_prompt") for n in notes), notes
+
+
 def test_an_unread_fai_rl_key_is_a_one_line_note_and_loads(write_recipe, tmp_path):
     text = fairl_recipe("grpo", tmp_path / "run", RL_DATA, model="fai-rl/tiny-sft")
     recipe = load_recipe(write_recipe(text))
@@ -181,7 +192,10 @@ def test_template_problems_are_recipe_errors_before_any_row_is_read(write_recipe
     ("s3.enabled=true", "s3.bucket"),
 ])
 def test_fai_rl_key_value_rules(write_recipe, tmp_path, override, expected):
-    text = fairl_recipe("sft", tmp_path / "run", SFT_DATA, data_extra=SFT_TEMPLATE)
+    if "max_prompt_length" in override:  # read by GRPO/GSPO only
+        text = fairl_recipe("grpo", tmp_path / "run", RL_DATA, model="fai-rl/tiny-sft")
+    else:
+        text = fairl_recipe("sft", tmp_path / "run", SFT_DATA, data_extra=SFT_TEMPLATE)
     extra = ["model.use_flash_attention=true"] if "attn" in override else []
     extra += ["s3.bucket=''"] if override.startswith("s3") else []
     found = problems(write_recipe(text), [override, *extra])

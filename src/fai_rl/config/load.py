@@ -371,10 +371,11 @@ def load_recipe(
     recipe, ctx = _load_typed(Path(path), overrides, Recipe, _ALL_FIELDS, accept_fai_rl_vlm=True)
     given = _given_values(recipe, ctx)
     unread: list[tuple[str, str]] = []
+    meanings = resolve_fai_rl_meaning(recipe, set(given))  # first: whether a key is read can depend on them
     if recipe.training.algorithm in ALGORITHMS and recipe.training.backend in BACKENDS:  # else: already reported
         unread, support_notes = check_key_support(recipe, given, _DEFAULTS)
         ctx.notes += support_notes
-    ctx.notes += resolve_fai_rl_meaning(recipe, set(given))
+    ctx.notes += meanings
     for key, value in ALGORITHM_DEFAULTS.get(recipe.training.algorithm, {}).items():
         if getattr(recipe.training, key) is None:  # null means "the algorithm's default": make it explicit
             setattr(recipe.training, key, value)

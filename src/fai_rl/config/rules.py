@@ -126,7 +126,8 @@ def _model_rules(r: Recipe) -> Iterator[Problem]:
 def _data_rules(r: Recipe) -> Iterator[Problem]:
     d = r.data
     yield from _template_rules(r)
-    if d.max_prompt_length is not None and not 0 < d.max_prompt_length < d.max_length:
+    if (r.training.algorithm in ("grpo", "gspo") and d.max_prompt_length is not None
+            and not 0 < d.max_prompt_length < d.max_length):  # only GRPO/GSPO read it (others: a note)
         yield "data.max_prompt_length", (
             f"{d.max_prompt_length} must be greater than 0 and less than data.max_length ({d.max_length}): the rest "
             "of max_length is the completion's share."
@@ -167,7 +168,7 @@ def _template_rules(r: Recipe) -> Iterator[Problem]:
         )
     sources = [(f"data.{w}[{i}]", spec) for w in ("datasets", "eval_datasets")
                for i, spec in enumerate(getattr(d, w))]
-    templated = [(k, spec) for k, spec in sources if spec.dataset_columns is not None]
+    templated = [(k, spec) for k, spec in sources if spec.dataset_columns]  # [] is none, as in FAI-RL
     split = d.user_prompt is not None or d.assistant_prompt is not None
     for key in _TEMPLATE_KEYS:
         template = getattr(d, key)

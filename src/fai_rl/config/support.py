@@ -48,6 +48,18 @@ def _model_not_s3(r: Recipe) -> str | None:
     return None if r.model.base_model_name.startswith("s3://") else "only read for an s3:// model.base_model_name"
 
 
+def _templated_prompts(r: Recipe) -> str | None:
+    if r.training.algorithm == "sft" or not any(d.prompt_template for d in r.data.datasets):
+        return None
+    return "every data.datasets[] has a prompt_template, whose own system message is used (as in FAI-RL)" if all(
+        d.prompt_template for d in r.data.datasets) else None
+
+
+def _tinker_dpo(r: Recipe) -> str | None:
+    return ("Tinker's DPO tokenises its pairs in this process" if r.training.algorithm == "dpo"
+            and r.training.backend == "tinker" else None)
+
+
 def _low_cpu_mem_false(r: Recipe) -> str | None:
     return (None if r.model.low_cpu_mem_usage else
             "transformers >= 5 always loads without a second copy of the weights; false has no effect")
@@ -109,7 +121,7 @@ KEYS: dict[str, Support] = {
     "data.eval_datasets": Support(maps_to="held-out rows (eval_loss / eval_reward)"),
     "data.eval_split_ratio": Support(maps_to="held-out share of the training rows"),
     "data.max_length": _fai(maps_to="SFTConfig/DPOConfig.max_length; prompt length bound of RL sampling"),
-    "data.system_prompt": _fai("sft", "dpo", "grpo", "gspo", "ppo",
+    "data.system_prompt": _fai("sft", "dpo", "grpo", "gspo", "ppo", inert_when=_templated_prompts,
                                maps_to="a system message; with dataset_columns (SFT) FAI-RL's str.format template"),
     "data.user_prompt": _fai("sft", maps_to="FAI-RL split mode: the user turn template (loss on the reply only)"),
     "data.assistant_prompt": _fai("sft", maps_to="FAI-RL split mode: the assistant turn template"),
@@ -119,7 +131,8 @@ KEYS: dict[str, Support] = {
                                    "(FAI-RL's GRPO); FAI-RL's SFT/DPO/CPT/PPO never read it"),
     "data.remove_unused_columns": _fai(*HF_TRAINER, backends=("local",),
                                        maps_to="TrainingArguments.remove_unused_columns"),
-    "data.dataset_num_proc": _fai("sft", "cpt", "dpo", maps_to="datasets.map(num_proc=...) for tokenisation"),
+    "data.dataset_num_proc": _fai("sft", "cpt", "dpo", inert_when=_tinker_dpo,
+                                  maps_to="processes tokenising SFT/CPT rows; DPOConfig.dataset_num_proc"),
     "data.datasets[].name": _fai(maps_to="a local file, s3:// file, dataset dir, hub dataset or built-in task"),
     "data.datasets[].split": _fai(maps_to="load_dataset(split=...)"),
     "data.datasets[].subset": _fai(maps_to="load_dataset(name, subset)"),
