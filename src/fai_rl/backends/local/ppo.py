@@ -296,6 +296,7 @@ def prepare(recipe: Recipe, resume: str | None) -> PreparedPPO:
     from fai_rl.data.rl import load_prompt_rows
     from fai_rl.rewards import recipe_rewards
 
+    check_precision(recipe)  # fp16 without a GPU is refused before output_dir is touched
     resume_point = find_resume_point(recipe, resume)
     tokenizer = load_tokenizer(recipe.model)
     train_rows, eval_rows = load_prompt_rows(recipe)
@@ -371,7 +372,6 @@ class PPORun:
 
         self.recipe, self.t, self.prepared = recipe, recipe.training, prepared
         self.tokenizer = prepared.tokenizer
-        check_precision(recipe)
         start_cpu_processes()
         resume = prepared.resume
         # Models first, from one seed on every process (the value head's init); before the Accelerator exists, so
