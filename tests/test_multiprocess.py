@@ -257,16 +257,16 @@ def test_launch_plans_for_gpus_nodes_and_deepspeed(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--num-gpus", "2"], "--num-gpus: asked for 2 GPUs but this host has 0; pass --num-gpus 0"),
-    (["--num-nodes", "2", "--num-gpus", "0"], "--main-process-ip: needed with --num-nodes 2"),
-    (["--num-nodes", "2", "--node-rank", "2", "--main-process-ip", "10.0.0.1"],
+    (["--num-gpus", "2"], "--num-gpus: asked for 2 GPUs but this host has 0; pass --num-gpus 0"),  # (a dry run plans)
+    (["--dry-run", "--num-nodes", "2", "--num-gpus", "0"], "--main-process-ip: needed with --num-nodes 2"),
+    (["--dry-run", "--num-nodes", "2", "--node-rank", "2", "--main-process-ip", "10.0.0.1"],
      "--node-rank: 2 must be in [0, 1] for --num-nodes 2"),
-    (["--num-processes", "0", "--num-gpus", "0"], "--num-processes: 0 must be 1 or more"),
+    (["--dry-run", "--num-processes", "0", "--num-gpus", "0"], "--num-processes: 0 must be 1 or more"),
 ])
 def test_bad_launch_flags_are_refused_with_the_fix(tmp_path, capsys, monkeypatch, flags, message):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     out = tmp_path / "run"
-    assert main(["--recipe", str(write(tmp_path, sft_recipe(out))), "--dry-run", *flags]) == 2
+    assert main(["--recipe", str(write(tmp_path, sft_recipe(out))), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not out.exists()
 

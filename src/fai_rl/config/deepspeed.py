@@ -65,7 +65,7 @@ def recipe_values(recipe: Recipe, bf16: bool) -> dict[str, object]:
         "gradient_accumulation_steps": 1 if ppo else t.gradient_accumulation_steps,
         "gradient_clipping": t.max_grad_norm,
         "bf16.enabled": bf16,
-        "fp16.enabled": False,
+        "fp16.enabled": bool(t.fp16),
     }
 
 

@@ -107,8 +107,9 @@ KEYS: dict[str, Support] = {
     "model.attn_implementation": _local(maps_to="from_pretrained(attn_implementation=...)"),
     "model.use_flash_attention": _fai(backends=("local",), maps_to="attn_implementation=flash_attention_2 where "
                                       "flash-attn and the GPU allow, else sdpa (with a note)"),
-    "model.low_cpu_mem_usage": _fai(backends=("local",), maps_to="always on in transformers >= 5 (nothing passed)",
-                                    inert_when=_low_cpu_mem_false),
+    "model.low_cpu_mem_usage": _fai(backends=("local",), inert_when=_low_cpu_mem_false,
+                                    maps_to="from_pretrained(low_cpu_mem_usage=...); transformers >= 5 always loads "
+                                    "without a second copy"),
     "model.ignore_mismatched_sizes": _fai(backends=("local",), maps_to="from_pretrained(ignore_mismatched_sizes=...)"),
     "model.trust_remote_code": Support(maps_to="from_pretrained / AutoTokenizer(trust_remote_code=...)"),
     "model.value_model_name": _fai("ppo", backends=("local",),
@@ -129,8 +130,9 @@ KEYS: dict[str, Support] = {
     "data.shuffle_seed": Support(maps_to="one seeded shuffle of the training rows"),
     "data.max_prompt_length": _fai(*RL, maps_to="max_completion_length = max_length - max_prompt_length "
                                    "(FAI-RL's GRPO); FAI-RL's SFT/DPO/CPT/PPO never read it"),
-    "data.remove_unused_columns": _fai(*HF_TRAINER, backends=("local",),
-                                       maps_to="TrainingArguments.remove_unused_columns"),
+    "data.remove_unused_columns": _fai("sft", "cpt", "dpo", backends=("local",),
+                                       maps_to="TrainingArguments.remove_unused_columns (GRPO/GSPO keep every column: "
+                                       "the rewards read them)"),
     "data.dataset_num_proc": _fai("sft", "cpt", "dpo", inert_when=_tinker_dpo,
                                   maps_to="processes tokenising SFT/CPT rows; DPOConfig.dataset_num_proc"),
     "data.datasets[].name": _fai(maps_to="a local file, s3:// file, dataset dir, hub dataset or built-in task"),
@@ -173,7 +175,8 @@ KEYS: dict[str, Support] = {
     # ---- training: local only
     "training.optim": _local(maps_to="TrainingArguments.optim (PPO and workflows: torch AdamW only)"),
     "training.bf16": _fai(backends=("local",), maps_to="TrainingArguments.bf16 / accelerate mixed_precision"),
-    "training.fp16": _fai(backends=("local",), maps_to="TrainingArguments.fp16 / accelerate mixed_precision"),
+    "training.fp16": _fai(backends=("local",),
+                          maps_to="TrainingArguments.fp16 / accelerate mixed_precision (PPO); needs a CUDA GPU"),
     "training.gradient_checkpointing": _fai(backends=("local",), maps_to="TrainingArguments.gradient_checkpointing"),
     "training.deepspeed_config": _fai(backends=("local",), maps_to="TrainingArguments.deepspeed (+ accelerate "
                                       "--use_deepspeed); FAI-RL's configs/deepspeed/*.json names map to ours"),
@@ -185,12 +188,14 @@ KEYS: dict[str, Support] = {
     "training.dataloader_num_workers": _fai(*HF_TRAINER, backends=("local",),
                                             maps_to="TrainingArguments.dataloader_num_workers"),
     "training.dataloader_pin_memory": _fai(*HF_TRAINER, backends=("local",),
-                                           maps_to="TrainingArguments.dataloader_pin_memory"),
+                                           maps_to="TrainingArguments.dataloader_pin_memory (null: on with a GPU)"),
     "training.dataloader_drop_last": _fai(*HF_TRAINER, backends=("local",),
                                           maps_to="TrainingArguments.dataloader_drop_last"),
     "training.ddp_find_unused_parameters": _fai(*HF_TRAINER, backends=("local",),
                                                 maps_to="TrainingArguments.ddp_find_unused_parameters"),
-    "training.save_only_model": _fai(*HF_TRAINER, backends=("local",), maps_to="TrainingArguments.save_only_model"),
+    "training.save_only_model": _fai(*HF_TRAINER, backends=("local",),
+                                     maps_to="TrainingArguments.save_only_model; --resume then continues with a fresh "
+                                     "optimizer, the schedule continued"),
     "training.prediction_loss_only": _fai("sft", "cpt", "dpo", backends=("local",),
                                           maps_to="TrainingArguments.prediction_loss_only"),
     "training.metric_for_best_model": _local(*HF_TRAINER, maps_to="TrainingArguments.metric_for_best_model"),

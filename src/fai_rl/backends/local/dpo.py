@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.local.common import (
+    check_precision,
     MetricsCallback,
     ResumePoint,
     find_resume_point,
@@ -36,6 +37,7 @@ class PreparedDPO:
 
 def prepare(recipe: Recipe, resume: str | None) -> PreparedDPO:
     """Tokenizer, checked preference pairs and the resume point; nothing is written."""
+    check_precision(recipe)  # fp16 without a GPU: said before anything is loaded or written
     resume_point = find_resume_point(recipe, resume)
     quantization_config(recipe.model)
     tokenizer = load_tokenizer(recipe.model)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.local.common import (
+    check_precision,
     MetricsCallback,
     ResumePoint,
     find_resume_point,
@@ -53,6 +54,7 @@ def prepare(recipe: Recipe, resume: str | None) -> PreparedGRPO:
 
         if importlib.util.find_spec("vllm") is None:
             raise BackendError("training.use_vllm: true but vllm is not installed; pip install vllm, or set it false.")
+    check_precision(recipe)  # fp16 without a GPU: said before anything is loaded or written
     resume_point = find_resume_point(recipe, resume)
     quantization_config(recipe.model)
     tokenizer = load_tokenizer(recipe.model)

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.local.common import (
+    check_precision,
     MetricsCallback,
     ResumePoint,
     find_resume_point,
@@ -44,6 +45,7 @@ class PreparedSFT:
 
 def prepare(recipe: Recipe, resume: str | None) -> PreparedSFT:
     """Tokenizer, checked and tokenised data, and the resume point; nothing is written."""
+    check_precision(recipe)  # fp16 without a GPU: said before anything is loaded or written
     resume_point = find_resume_point(recipe, resume)
     quantization_config(recipe.model)  # a missing bitsandbytes is reported now, before output_dir is touched
     tokenizer = load_tokenizer(recipe.model)
