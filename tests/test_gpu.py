@@ -50,3 +50,41 @@ def test_default_on_a_multi_gpu_host_pins_one_device(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "pinned with CUDA_VISIBLE_DEVICES=0" in proc.stdout
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["processes"] == 1
+
+
+FLAT_SFT_ROWS = [{"q": f"What is {a} + {b}?", "a": str(a + b)} for a in range(10) for b in range(10)]
+
+
+@needs_gpus(1)
+@pytest.mark.parametrize("precision", ["bf16_flash", "fp16", "qlora"])
+def test_a_fai_rl_recipe_maps_its_precision_and_loader_keys_on_a_gpu(write_recipe, tmp_path, precision):
+    """FAI-RL's keys reach the libraries on a real GPU: bf16 + use_flash_attention (flash-attention 2 where installed,
+    else SDPA with a note), fp16 with its GradScaler, QLoRA with bnb_4bit_compute_dtype / double quant, pinned
+    memory and loader workers; each run learns (FAI-RL's flat SFT template)."""
+    from fairl_format import fairl_recipe
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in FLAT_SFT_ROWS))
+    extra = {
+        "bf16_flash": ["model.use_flash_attention=true"],
+        "fp16": ["training.bf16=false", "training.fp16=true", "model.torch_dtype=float32"],
+        "qlora": ["model.load_in_4bit=true", "model.bnb_4bit_compute_dtype=bfloat16",
+                  "model.bnb_4bit_use_double_quant=false", "model.lora_bias=none"],
+    }[precision]
+    out = tmp_path / precision
+    text = fairl_recipe("sft", out, f'- name: "{data}"\n  dataset_columns: ["q", "a"]\n',
+                        data_extra='  system_prompt: "Q: {q}\\nA: {a}"\n', max_length=64, max_prompt_length=32,
+                        batch=16, accumulation=1, learning_rate="3.0e-3", max_steps=40)
+    proc = run_cli("--recipe", str(write_recipe(text)), "--num-gpus", "1", "training.warmup_steps=0",
+                   "training.dataloader_pin_memory=true", "training.dataloader_num_workers=2", *extra)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    loss = summary["metrics"]["loss"]
+    assert loss["last"] < 0.5 * loss["first"], loss
+    if precision == "bf16_flash":
+        import importlib.util
+
+        flash = importlib.util.find_spec("flash_attn") is not None
+        assert flash or "using SDPA" in proc.stdout + proc.stderr
+    print(f"\n{precision}: loss {loss['first']:.3f} -> {loss['last']:.3f}, tokens/s {summary.get('tokens_per_s')}, "
+          f"peak {summary.get('peak_gpu_memory_gib')} GiB")

@@ -251,6 +251,16 @@ def test_recipe_errors_name_the_key(write_recipe, tmp_path, bucket, endpoint, ca
     assert not (tmp_path / "run").exists()
 
 
+def test_deleting_uploaded_checkpoints_beside_load_best_model_at_end_is_refused(write_recipe, tmp_path, bucket,
+                                                                                 endpoint, capsys):
+    recipe = recipe_with_s3(tmp_path / "run", bucket, endpoint, delete_local_after_upload=True)
+    recipe["training"].update({"load_best_model_at_end": True, "metric_for_best_model": "eval_loss",
+                               "eval_steps": 2, "save_steps": 2})
+    assert main(["--recipe", str(write_recipe(recipe)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "s3.delete_local_after_upload: true together with training.load_best_model_at_end" in err, err
+
+
 @pytest.mark.tinker
 def test_tinker_uploads_only_final(tmp_path, bucket, endpoint, tinker_server, monkeypatch, capsys):
     monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)

@@ -451,6 +451,10 @@ def check_s3(recipe) -> list[tuple[str, str]]:
             problems.append((key, f"{why} {', '.join(FILE_SUFFIXES)} file."))
     if recipe.s3.enabled:
         used.append(("s3.enabled", "true"))
+        if recipe.s3.delete_local_after_upload and recipe.training.load_best_model_at_end:
+            problems.append(("s3.delete_local_after_upload", (
+                "true together with training.load_best_model_at_end: the best checkpoint is reloaded from output_dir "
+                "at the end, so it must stay there; set one of them false.")))
         try:
             resolve_uploader(recipe.s3.uploader)
         except BackendError as e:
