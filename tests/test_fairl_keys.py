@@ -13,7 +13,6 @@ import torch
 from conftest import tiny_recipe
 
 from fai_rl.config import load_recipe
-from fai_rl.errors import BackendError
 
 
 def metrics(out: Path) -> list[dict]:
@@ -67,13 +66,22 @@ def test_trainer_arguments_defaults_and_grpo_keeps_its_columns(write_recipe, tmp
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 on a GPU is valid")
-def test_fp16_without_a_gpu_is_a_backend_error(write_recipe, tmp_path):
-    from fai_rl.backends.local.common import trainer_arguments
+def test_fp16_without_a_gpu_is_refused_and_bf16_runs_in_float32_with_a_note(write_recipe, tmp_path, capsys):
+    from fai_rl.cli.train import main
 
     recipe = tiny_recipe(tmp_path / "out")
     recipe["training"].update({"fp16": True, "bf16": None})
-    with pytest.raises(BackendError, match=r"training\.fp16: true.*no CUDA GPU"):
-        trainer_arguments(load_recipe(write_recipe(recipe)), has_eval=False)
+    assert main(["--recipe", str(write_recipe(recipe)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "training.fp16: true, but this machine has no CUDA GPU" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    # FAI-RL's template writes bf16: true: on this CPU it trains in float32, said once
+    recipe["training"].update({"fp16": False, "bf16": True})
+    assert main(["--recipe", str(write_recipe(recipe)), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("note: training.bf16: true, but no GPU here runs bf16") == 1
+    from fai_rl.backends.local.common import trainer_arguments
+
+    assert trainer_arguments(load_recipe(write_recipe(recipe)), has_eval=False)["bf16"] is False
 
 
 # ---- models/load.py: model.* -> from_pretrained / LoraConfig / BitsAndBytesConfig

@@ -31,11 +31,16 @@ def accelerator() -> str:
 
 
 def use_bf16(recipe: Recipe) -> bool:
-    """training.bf16, with null resolved to: on for a bf16-capable GPU, off on CPU (and off under training.fp16)."""
-    if recipe.training.bf16 is not None:
-        return recipe.training.bf16
-    if recipe.training.fp16:  # rules refuse both true; a null bf16 gives way to the fp16 the recipe asked for
-        return False
+    """training.bf16, with null resolved to: on for a bf16-capable GPU, off on CPU (and off under training.fp16).
+
+    `true` where no GPU can run bf16 mixed precision (a laptop trying a FAI-RL recipe, whose template writes
+    `bf16: true`) trains in float32 instead, said once by check_precision: the same recipe runs in bf16 on a GPU."""
+    if recipe.training.bf16 is False or (recipe.training.bf16 is None and recipe.training.fp16):
+        return False  # rules refuse both true; a null bf16 gives way to the fp16 the recipe asked for
+    return bf16_gpu()
+
+
+def bf16_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

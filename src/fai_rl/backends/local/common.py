@@ -16,6 +16,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.load import (
     accelerator,
+    bf16_gpu,
     use_bf16,
     use_fast_generation,
     use_gradient_checkpointing,
@@ -79,7 +80,11 @@ def resolved_performance(recipe: Recipe) -> dict:
 
 
 def check_precision(recipe: Recipe) -> None:
-    """training.fp16 needs a CUDA GPU: on CPU there is no float16 GradScaler, and accelerate would run it anyway."""
+    """training.fp16 needs a CUDA GPU: on CPU there is no float16 GradScaler, and accelerate would run it anyway.
+    bf16: true without a bf16 GPU runs in float32 (use_bf16), said here once."""
+    if recipe.training.bf16 and not bf16_gpu() and int(os.environ.get("RANK", "0")) == 0:
+        print("note: training.bf16: true, but no GPU here runs bf16 mixed precision; this run trains in float32 "
+              "(the same recipe trains in bf16 on a GPU).", flush=True)
     if recipe.training.fp16 and accelerator() != "cuda":
         raise BackendError(
             "training.fp16: true, but this machine has no CUDA GPU; float16 mixed precision needs one (its loss "
@@ -90,7 +95,6 @@ def check_precision(recipe: Recipe) -> None:
 def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool = True) -> dict:
     """The recipe's `training:` keys as transformers/TRL TrainingArguments keyword arguments: the one mapping."""
     t = recipe.training
-    check_precision(recipe)
     configured = start_cpu_processes()
     perf = resolved_performance(recipe)
     if perf["use_liger_kernel"]:
