@@ -408,8 +408,6 @@ def _ppo_rules(r: Recipe) -> Iterator[Problem]:
 
 # DPO losses the Tinker backend computes itself (through forward_backward_custom).
 TINKER_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "sft")
-# Learning-rate schedules the Tinker loops compute (backends/tinker/common.py learning_rate_at).
-TINKER_SCHEDULES = ("linear", "constant", "cosine")
 
 
 def _tinker_rules(r: Recipe) -> Iterator[Problem]:
@@ -438,11 +436,6 @@ def _tinker_rules(r: Recipe) -> Iterator[Problem]:
                     f"'{loss}' is not offered on the Tinker backend; use one of {', '.join(TINKER_DPO_LOSSES)}, "
                     "or training.backend=local."
                 )
-    if t.lr_scheduler_type.removesuffix("_with_warmup") not in TINKER_SCHEDULES:
-        yield "training.lr_scheduler_type", (
-            f"'{t.lr_scheduler_type}' is not offered on the Tinker backend (the schedule is computed here for each "
-            f"optim_step); use one of {', '.join(TINKER_SCHEDULES)} (optionally _with_warmup), or the local backend."
-        )
 
 
 def _placeholders(template: str) -> list[str] | None:

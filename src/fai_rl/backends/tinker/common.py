@@ -1,4 +1,6 @@
-"""What every Tinker algorithm shares: the service session, bounded waits, checkpoints, the learning rate, final/.
+"""What every Tinker algorithm shares: the service session, bounded waits, checkpoints, final/.
+
+The step count, each step's rows and its learning rate come from fai_rl.schedule, as on the local backend.
 
 The service does the forward/backward passes and the optimizer; this process keeps the data, the sampling logic, the
 rewards and the artefacts. Three rules make runs fast and safe:
@@ -12,9 +14,7 @@ rewards and the artefacts. Three rules make runs fast and safe:
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import shutil
 import time
 import urllib.request
@@ -27,6 +27,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.load import resolve_model_path
 from fai_rl.s3 import Uploads
+from fai_rl.schedule import Schedule
 
 CHECKPOINTS_FILE = "checkpoints.json"
 API_KEY_ENV = "TINKER_API_KEY"
@@ -87,28 +88,13 @@ def read_checkpoints(recipe: Recipe) -> list[dict]:
     return json.loads(path.read_text())["checkpoints"] if path.exists() else []
 
 
-def learning_rate(recipe: Recipe, step: int, total: int) -> float:
-    """The recipe's schedule at optimizer step `step` (0-based): linear warm-up, then constant, linear or cosine."""
-    t = recipe.training
-    peak = t.learning_rate
-    if step < t.warmup_steps:
-        return peak * (step + 1) / (t.warmup_steps + 1)
-    kind = t.lr_scheduler_type.removesuffix("_with_warmup")
-    if kind == "constant":
-        return peak
-    progress = (step - t.warmup_steps) / max(1, total - t.warmup_steps)
-    if kind == "cosine":
-        return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return peak * max(0.0, 1 - progress)  # linear, and the default for other schedules
-
-
 class TinkerSession:
     """One training run on the service: the clients, bounded waits, checkpoints.json and final/."""
 
-    def __init__(self, recipe: Recipe, run: RunDir, resume: TinkerResume | None):
+    def __init__(self, recipe: Recipe, run: RunDir, resume: TinkerResume | None, schedule: Schedule):
         import tinker
 
-        self.recipe, self.run, self.k = recipe, run, recipe.tinker
+        self.recipe, self.run, self.k, self.schedule = recipe, run, recipe.tinker, schedule
         self.last_state: str | None = resume.path if resume else None
         self.service = tinker.ServiceClient(base_url=self.k.base_url)
         self.training = self._training_client(resume)
@@ -159,10 +145,11 @@ class TinkerSession:
             print(f"tinker: resumed from {resume.path} (step {resume.step}), optimizer state included", flush=True)
         return client
 
-    def adam(self, step: int, total: int):
+    def adam(self, step: int):
+        """Adam for optimizer step `step` (from 0), at the local backend's learning rate for that step."""
         t = self.recipe.training
         return self.tinker.types.AdamParams(
-            learning_rate=learning_rate(self.recipe, step, total), beta1=self.k.adam_beta1, beta2=self.k.adam_beta2,
+            learning_rate=self.schedule.learning_rate(step), beta1=self.k.adam_beta1, beta2=self.k.adam_beta2,
             eps=self.k.adam_eps, weight_decay=t.weight_decay, grad_clip_norm=t.max_grad_norm,
         )
 
@@ -352,22 +339,6 @@ def datum(tinker, tokens: list[int], **per_target: list[float] | list[int]):
 def target_logprobs(output, index: int) -> list[float]:
     """Per-target log-probs of datum `index` from a forward/forward_backward output."""
     return output.loss_fn_outputs[index]["logprobs"].to_torch().tolist()
-
-
-def batches(examples: list, size: int, seed: int, start: int, total: int):
-    """Batch `step` for step in [start, total): seeded epochs of shuffled examples, the same on a resumed run."""
-    order: list[int] = []
-    epoch = 0
-    for step in range(total):
-        picked = []
-        while len(picked) < size:
-            if not order:
-                order = list(range(len(examples)))
-                random.Random(seed + epoch).shuffle(order)
-                epoch += 1
-            picked.append(order.pop())
-        if step >= start:
-            yield step, [examples[i] for i in picked]
 
 
 def write_summary(run: RunDir, recipe: Recipe, resume: TinkerResume | None, session: "TinkerSession", total: int,

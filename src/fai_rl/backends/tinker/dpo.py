@@ -20,7 +20,6 @@ from fai_rl.backends.tinker.common import (
     TinkerResume,
     TinkerSession,
     base_model,
-    batches,
     check_api_key,
     datum,
     find_tinker_resume,
@@ -30,6 +29,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_preference_rows
 from fai_rl.models.load import load_tokenizer
 from fai_rl.rl_math import dpo_losses
+from fai_rl.schedule import Schedule
 
 HEADLINE = ("loss", "eval_loss", "rewards/accuracies", "rewards/margins", "eval_rewards/accuracies",
             "eval_rewards/margins")
@@ -136,10 +136,10 @@ def _loss(recipe: Recipe, pairs: list[Pair], ref: dict, logps_list: list[torch.T
 
 def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
     t = recipe.training
-    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    total = t.max_steps or max(1, int(t.num_train_epochs * len(prepared.train) // batch))
+    schedule = Schedule(recipe, len(prepared.train))  # HF Trainer's step count, per-epoch row order and learning rate
+    total = schedule.total
     start = prepared.resume.step if prepared.resume else 0
-    session = TinkerSession(recipe, run, prepared.resume)
+    session = TinkerSession(recipe, run, prepared.resume, schedule)
     tinker, log = session.tinker, StepLog(run, total, HEADLINE)
     save_every = recipe.tinker.save_every or t.save_steps
     began, tokens = time.time(), 0
@@ -172,7 +172,8 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
 
         if start == 0:
             evaluate(0)
-        for step, picked in batches(prepared.train, batch, t.seed, start, total):
+        for step in range(start, total):
+            picked = [prepared.train[i] for i in schedule.rows(step)]
             _reference(session, reference, picked, ref)
             seen: dict = {}
 
@@ -182,13 +183,14 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
                 return loss, metrics
 
             fb = session.training.forward_backward_custom(_data(tinker, picked), loss_fn)
-            opt = session.training.optim_step(session.adam(step, total))
+            opt = session.training.optim_step(session.adam(step))
             session.wait(fb, f"forward_backward at step {step + 1}")
             session.wait(opt, f"optim_step at step {step + 1}")
             tokens += sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in picked)
             done = step + 1
             if done % t.logging_steps == 0 or done == total or done == start + 1:
-                log(done, {**seen, "learning_rate": session.adam(step, total).learning_rate})
+                log(done, {**seen, "learning_rate": schedule.learning_rate(step), "epoch": schedule.epoch(step),
+                           "num_tokens": tokens})
             if t.eval_steps and done % t.eval_steps == 0 and done != total:
                 evaluate(done)
             if done % save_every == 0 and done != total:

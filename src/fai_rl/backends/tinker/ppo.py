@@ -10,30 +10,23 @@ into the per-token advantages, as the local PPO folds it into the per-token rewa
 
 from __future__ import annotations
 
-import random
 import statistics
-import time
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker import rollouts
-from fai_rl.backends.tinker.common import StepLog, TinkerSession, base_model, write_summary
-from fai_rl.backends.tinker.rollouts import PreparedRL
+from fai_rl.backends.tinker.common import TinkerSession
+from fai_rl.backends.tinker.rollouts import PreparedRL, RLAlgorithm
 from fai_rl.config.schema import Recipe
+from fai_rl.schedule import Schedule
 
-HEADLINE = ("reward", "eval_reward", "kl", "completion_length", "step_time_s")
+HEADLINE = ("reward", "eval_reward", "kl", "completion_length", "policy_loss", "step_time_s")
 prepare = rollouts.prepare  # API key, tokenizer, prompt rows, rewards, resume point
 _EMA_DECAY = 0.9
 
 
-def rollout_size(recipe: Recipe) -> int:
-    """Prompts sampled per PPO step, as on the local backend (one process): per_device x gradient_accumulation_steps.
-    The service takes each mini-batch whole, so there are no micro-batches here."""
-    return recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps
-
-
 def describe(recipe: Recipe, prepared: PreparedRL) -> str:
     t = recipe.training
-    per_step = (f"{rollout_size(recipe)} prompts (per_device_train_batch_size {t.per_device_train_batch_size} x "
+    per_step = (f"{Schedule(recipe, len(prepared.train)).batch} prompts (per_device_train_batch_size {t.per_device_train_batch_size} x "
                 f"gradient_accumulation_steps {t.gradient_accumulation_steps}) x 1 completion (up to "
                 f"{t.max_completion_length} tokens), "
                 f"{t.num_ppo_epochs} epochs x {t.num_mini_batches} mini-batches of the ppo loss; {_critic(recipe)}")
@@ -65,61 +58,40 @@ def baseline_advantages(rewards: list[float], kind: str, running: float | None, 
 
 def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
     t = recipe.training
-    size = rollout_size(recipe)
-    total = t.max_steps or max(1, int(t.num_train_epochs * len(prepared.train) // size))
-    start = prepared.resume.step if prepared.resume else 0
-    session = TinkerSession(recipe, run, prepared.resume)
-    log = StepLog(run, total, HEADLINE)
-    save_every = recipe.tinker.save_every or t.save_steps
     print(f"PPO on Tinker: {_critic(recipe)}; clipped ppo loss (cliprange {t.cliprange}); KL coefficient "
           f"{t.kl_coef:g} to the base model", flush=True)
-    reference = (session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
-                              "creating the reference sampler (base weights)") if t.kl_coef else None)
-    began, generated, running = time.time(), 0, None
-    ok = False
-    try:
-        sampler = session.sampling_client(f"sampler-{start:06d}")
-        if start == 0 and prepared.eval:
-            log(0, rollouts.evaluate_reward(session, sampler, prepared, recipe, 0))
-        order = list(range(len(prepared.train)))
-        random.Random(t.seed).shuffle(order)
-        for step in range(start, total):
-            step_began = time.time()
-            rows = [prepared.train[order[(step * size + i) % len(order)]] for i in range(size)]
-            samples = rollouts.sample(session, sampler, rows, 1, prepared, recipe, f"sampling at step {step + 1}")
-            metrics = rollouts.score(samples, prepared, recipe)
-            generated += sum(len(s.completion) for s in samples)
-            advantages, running = baseline_advantages([s.reward for s in samples], recipe.tinker.ppo_baseline,
-                                                      running, t.whiten_advantages)
-            ref = rollouts.reference_logprobs(session, reference, samples) if reference else [None] * len(samples)
-            per_token, kls = [], []
-            for s, a, ref_t in zip(samples, advantages, ref, strict=True):
-                adv_t, kl = rollouts.kl_adjusted(a, s, ref_t, t.kl_coef)
-                per_token.append(adv_t)
-                kls.append(kl)
-            metrics["kl"] = sum(kls) / len(kls)
-            metrics["learning_rate"] = session.adam(step, total).learning_rate
-            metrics.update(_update(session, recipe, samples, per_token, step, total))
-            sampler = session.sampling_client(f"sampler-{step + 1:06d}")
-            metrics["step_time_s"] = time.time() - step_began
-            log(step + 1, metrics)
-            done = step + 1
-            if prepared.eval and t.eval_steps and done % t.eval_steps == 0 and done != total:
-                log(done, rollouts.evaluate_reward(session, sampler, prepared, recipe, done))
-            if done % save_every == 0 and done != total:
-                session.save_state(done)
-        if prepared.eval:
-            log(total, rollouts.evaluate_reward(session, sampler, prepared, recipe, total))
-        runtime = time.time() - began
-        final = session.finish(total, prepared.tokenizer)
-        ok = True
-    finally:
-        session.close(ok)
-    return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
-                         critic="none (Tinker has no value head): baseline " + recipe.tinker.ppo_baseline)
+    running: list[float | None] = [None]  # the ema baseline, carried from step to step
+
+    def advantages(samples) -> tuple[list[float], dict]:
+        values, running[0] = baseline_advantages([s.reward for s in samples], recipe.tinker.ppo_baseline,
+                                                 running[0], t.whiten_advantages)
+        return values, {"eos_fraction": sum(s.stopped for s in samples) / len(samples)}
+
+    algorithm = RLAlgorithm(
+        per_prompt=1, kl_coef=t.kl_coef, reference=True, advantages=advantages, headline=HEADLINE,
+        update=lambda session, samples, per_token, step: _update(session, recipe, samples, per_token, step),
+        metric_names=local_names,
+    )
+    return rollouts.train_rl(recipe, prepared, run, algorithm,
+                             critic="none (Tinker has no value head): baseline " + recipe.tinker.ppo_baseline)
 
 
-def _update(session: TinkerSession, recipe: Recipe, samples, per_token, step: int, total: int) -> dict:
+def local_names(metrics: dict) -> dict:
+    """The local PPO's names (backends/local/ppo.py): rewards/<fn>, completion_length; no std or completions/*."""
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith("rewards/") and key.endswith("/mean"):
+            out[key.removesuffix("/mean")] = value
+        elif key == "completions/mean_length":
+            out["completion_length"] = value
+        elif key == "loss":
+            out["policy_loss"] = value
+        elif not (key.startswith(("rewards/", "completions/")) or key in ("reward_std", "epoch")):
+            out[key] = value
+    return out
+
+
+def _update(session: TinkerSession, recipe: Recipe, samples, per_token, step: int) -> dict:
     """num_ppo_epochs passes of num_mini_batches clipped updates; every update's two calls submitted together."""
     t, tinker = recipe.training, session.tinker
     data = [rollouts.rl_datum(tinker, s, adv_t) for s, adv_t in zip(samples, per_token, strict=True)]
@@ -129,10 +101,10 @@ def _update(session: TinkerSession, recipe: Recipe, samples, per_token, step: in
     for _ in range(t.num_ppo_epochs):
         for m in range(t.num_mini_batches):
             fb = session.training.forward_backward(data[m * size : (m + 1) * size], "ppo", config)
-            pending.append((fb, session.training.optim_step(session.adam(step, total))))
+            pending.append((fb, session.training.optim_step(session.adam(step)), samples[m * size : (m + 1) * size]))
     out = {}
-    for fb, opt in pending:  # all updates queued on the service, then awaited in order
+    for fb, opt, part in pending:  # all updates queued on the service, then awaited in order
         result = session.wait(fb, f"forward_backward at step {step + 1}")
         session.wait(opt, f"optim_step at step {step + 1}")
-        out = {k: float(v) for k, v in (result.metrics or {}).items() if k.startswith("clip")}
+        out = rollouts.policy_loss_metrics(result, part)
     return out

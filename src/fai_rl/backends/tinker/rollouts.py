@@ -1,4 +1,4 @@
-"""Sampling, scoring and RL datums shared by GRPO/GSPO and PPO on the Tinker backend.
+"""The RL driver of the Tinker backend (GRPO/GSPO and PPO are configurations of it), with its sampling and scoring.
 
 The service samples (SamplingClient) and reports each sampled token's log-probability under the weights that
 sampled it; those are the "old" log-probs of the importance ratio. Rewards are scored here, with the same reward
@@ -8,13 +8,27 @@ functions as the local backend (fai_rl.rewards), so a recipe's rewards mean the 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import dataclass
+from typing import Callable
 
-from fai_rl.backends.tinker.common import TinkerResume, TinkerSession, check_api_key, datum, find_tinker_resume
+from fai_rl.artifacts import RunDir
+from fai_rl.backends.tinker.common import (
+    StepLog,
+    TinkerResume,
+    TinkerSession,
+    base_model,
+    check_api_key,
+    datum,
+    find_tinker_resume,
+    write_summary,
+)
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows, render_prompts
 from fai_rl.models.load import load_tokenizer
 from fai_rl.sampling import sample_tinker, stop_token_ids
+from fai_rl.schedule import Schedule
 
 
 @dataclass
@@ -86,8 +100,10 @@ def sample(session: TinkerSession, sampler, rows: list[dict], per_prompt: int, p
             for row, ids, group in zip(rows, prompts, groups, strict=True) for c in group]
 
 
-def score(samples: list[Sample], prepared: PreparedRL, recipe: Recipe) -> dict[str, float]:
-    """Set each sample's reward (weighted total, minus missing_eos_penalty); the batch means by reward function."""
+def score(samples: list[Sample], prepared: PreparedRL, recipe: Recipe, group: int) -> dict[str, float]:
+    """Set each sample's reward (weighted total, minus missing_eos_penalty); the batch's metrics under TRL's GRPO
+    names (the local backend's): reward, reward_std (mean within-group std), rewards/<fn>/mean and /std,
+    completions/*."""
     from fai_rl.rewards import score_rewards
 
     rows = [s.row for s in samples]
@@ -95,12 +111,29 @@ def score(samples: list[Sample], prepared: PreparedRL, recipe: Recipe) -> dict[s
     penalty = recipe.training.missing_eos_penalty
     for s, total in zip(samples, totals, strict=True):
         s.reward = total - (penalty if penalty is not None and not s.stopped else 0.0)
-    metrics = {"reward": sum(s.reward for s in samples) / len(samples),
-               "completion_length": sum(len(s.completion) for s in samples) / len(samples)}
+    rewards = [s.reward for s in samples]
+    groups = [rewards[i : i + group] for i in range(0, len(rewards), group)]
+    lengths = [len(s.completion) for s in samples]
+    ended = [len(s.completion) for s in samples if s.stopped] or [0]
+    metrics = {"reward": statistics.fmean(rewards),
+               "reward_std": statistics.fmean(_std(g) for g in groups),
+               "completions/mean_length": statistics.fmean(lengths),
+               "completions/min_length": float(min(lengths)),
+               "completions/max_length": float(max(lengths)),
+               "completions/clipped_ratio": sum(not s.stopped for s in samples) / len(samples),
+               "completions/mean_terminated_length": statistics.fmean(ended),
+               "completions/min_terminated_length": float(min(ended)),
+               "completions/max_terminated_length": float(max(ended))}
     for name, scores in per_fn.items():
         given = [x for x in scores if x is not None]
-        metrics[f"rewards/{name}/mean"] = sum(given) / len(given) if given else math.nan
+        metrics[f"rewards/{name}/mean"] = statistics.fmean(given) if given else math.nan
+        metrics[f"rewards/{name}/std"] = _std(given) if given else math.nan
     return metrics
+
+
+def _std(values: list[float]) -> float:
+    """torch.std's (unbiased; nan for one value), as TRL reports it."""
+    return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def reference_logprobs(session: TinkerSession, reference, samples: list[Sample]) -> list[list[float]]:
@@ -136,5 +169,91 @@ def evaluate_reward(session: TinkerSession, sampler, prepared: PreparedRL, recip
     t = recipe.training
     per_prompt = t.num_generations_eval or (t.num_generations if t.algorithm in ("grpo", "gspo") else 1)
     samples = sample(session, sampler, prepared.eval, per_prompt, prepared, recipe, f"evaluation at step {step}")
-    metrics = score(samples, prepared, recipe)
+    metrics = score(samples, prepared, recipe, per_prompt)
     return {"eval_reward": metrics["reward"]}
+
+
+@dataclass
+class RLAlgorithm:
+    """An RL algorithm on the Tinker driver: how it samples, its advantages, its update and its metric names."""
+
+    per_prompt: int  # completions sampled per prompt
+    kl_coef: float  # per-token KL penalty to the base model, folded into the advantages
+    reference: bool  # score completions under the base model (the logged kl), even with kl_coef 0
+    advantages: Callable[[list[Sample]], tuple[list[float], dict]]  # one per sample, plus metrics
+    update: Callable[[TinkerSession, list[Sample], list[list[float]], int], dict]  # optimizer step `step`'s update
+    metric_names: Callable[[dict], dict]  # the local backend's names for this algorithm's metrics
+    headline: tuple[str, ...]
+
+
+def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlgorithm, **summary) -> dict:
+    """Sample, score and update for the schedule's steps, evaluating and saving on the way; final/ and summary.json.
+
+    A batch of completions serves every optimizer step of its round (fai_rl.schedule: GRPO's num_iterations, as
+    TRL); its metrics are logged at the round's first step, the learning rate and the update's at every step.
+    """
+    t = recipe.training
+    schedule = Schedule(recipe, len(prepared.train))
+    total, start = schedule.total, prepared.resume.step if prepared.resume else 0
+    session = TinkerSession(recipe, run, prepared.resume, schedule)
+    log = StepLog(run, total, algorithm.headline)
+    save_every = recipe.tinker.save_every or t.save_steps
+    reference = (session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
+                              "creating the reference sampler (base weights)") if algorithm.reference else None)
+    began, generated, tokens, ok = time.time(), 0, 0, False
+    batch_key, batch = None, None
+    try:
+        sampler = session.sampling_client(f"sampler-{start:06d}")
+        if start == 0 and prepared.eval:
+            log(0, evaluate_reward(session, sampler, prepared, recipe, 0))
+        for step in range(start, total):
+            step_began, metrics = time.time(), {}
+            if schedule.round_of(step) != batch_key:
+                batch_key = schedule.round_of(step)
+                rows = [prepared.train[i] for i in schedule.rows(step)]
+                samples = sample(session, sampler, rows, algorithm.per_prompt, prepared, recipe,
+                                 f"sampling at step {step + 1}")
+                metrics = score(samples, prepared, recipe, algorithm.per_prompt)
+                generated += sum(len(s.completion) for s in samples)
+                tokens += sum(len(s.tokens()) for s in samples)
+                advantages, extra = algorithm.advantages(samples)
+                metrics.update(extra, num_tokens=tokens)
+                ref = reference_logprobs(session, reference, samples) if reference else [None] * len(samples)
+                per_token, kls = [], []
+                for s, a, ref_t in zip(samples, advantages, ref, strict=True):
+                    adv_t, kl = kl_adjusted(a, s, ref_t, algorithm.kl_coef)
+                    per_token.append(adv_t)
+                    kls.append(kl)
+                if reference:
+                    metrics["kl"] = statistics.fmean(kls)
+                batch = samples, per_token
+            metrics["learning_rate"] = schedule.learning_rate(step)
+            metrics["epoch"] = schedule.epoch(step)
+            metrics.update(algorithm.update(session, *batch, step))
+            done = step + 1
+            eval_due = bool(prepared.eval) and (done == total or bool(t.eval_steps and done % t.eval_steps == 0))
+            if eval_due or (done < total and schedule.round_of(done) != batch_key):
+                sampler = session.sampling_client(f"sampler-{done:06d}")
+            metrics["step_time_s"] = time.time() - step_began
+            log(done, algorithm.metric_names(metrics))
+            if eval_due and done != total:
+                log(done, evaluate_reward(session, sampler, prepared, recipe, done))
+            if done % save_every == 0 and done != total:
+                session.save_state(done)
+        if prepared.eval:
+            log(total, evaluate_reward(session, sampler, prepared, recipe, total))
+        runtime = time.time() - began
+        final = session.finish(total, prepared.tokenizer)
+        ok = True
+    finally:
+        session.close(ok)
+    return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
+                         **summary)
+
+
+def policy_loss_metrics(result, samples: list[Sample]) -> dict[str, float]:
+    """The service's loss per completion token (TRL's default dapo normalisation) and its clip counters."""
+    out = {k: float(v) for k, v in (result.metrics or {}).items() if k.startswith("clip")}
+    if result.metrics and "loss:sum" in result.metrics:
+        out["loss"] = float(result.metrics["loss:sum"]) / max(1, sum(len(s.completion) for s in samples))
+    return out

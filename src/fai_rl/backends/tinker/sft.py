@@ -15,7 +15,6 @@ from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker.common import (
     StepLog,
     TinkerResume,
-    batches,
     TinkerSession,
     check_api_key,
     datum,
@@ -27,6 +26,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.data.prepare import SFTData, prepare_data
 from fai_rl.data.tokenize import IGNORE, Tokenized
 from fai_rl.models.load import load_tokenizer
+from fai_rl.schedule import Schedule
 
 HEADLINE = ("loss", "eval_loss", "learning_rate")
 
@@ -72,17 +72,12 @@ def mean_nll(output, batch: list[Tokenized]) -> tuple[float, int]:
     return total / max(1, count), count
 
 
-def total_steps(recipe: Recipe, n_examples: int, batch: int) -> int:
-    t = recipe.training
-    return t.max_steps or max(1, int(t.num_train_epochs * n_examples // batch))
-
-
 def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
     t, data = recipe.training, prepared.data
-    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    total = total_steps(recipe, len(data.train), batch)
+    schedule = Schedule(recipe, len(data.train))  # HF Trainer's step count, per-epoch row order and learning rate
+    total = schedule.total
     start = prepared.resume.step if prepared.resume else 0
-    session = TinkerSession(recipe, run, prepared.resume)
+    session = TinkerSession(recipe, run, prepared.resume, schedule)
     tinker = session.tinker
     log = StepLog(run, total, HEADLINE)
     save_every = recipe.tinker.save_every or t.save_steps
@@ -109,18 +104,19 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
     try:
         if start == 0:
             evaluate(0)
-        for step, examples in batches(data.train, batch, t.seed, start, total):
+        for step in range(start, total):
             step_began = time.time()
+            examples = [data.train[i] for i in schedule.rows(step)]
             fb = session.training.forward_backward([to_datum(tinker, e) for e in examples], "cross_entropy")
-            opt = session.training.optim_step(session.adam(step, total))  # submitted before either is awaited
+            opt = session.training.optim_step(session.adam(step))  # submitted before either is awaited
             out = session.wait(fb, f"forward_backward at step {step + 1}")
             session.wait(opt, f"optim_step at step {step + 1}")
             loss, n = mean_nll(out, examples)
             trained_tokens += sum(len(e.input_ids) for e in examples)
             done = step + 1
             if done % t.logging_steps == 0 or done == total or done == start + 1:
-                log(done, {"loss": loss, "learning_rate": session.adam(step, total).learning_rate,
-                           "loss_tokens": n, "step_time_s": time.time() - step_began})
+                log(done, {"loss": loss, "learning_rate": schedule.learning_rate(step), "epoch": schedule.epoch(step),
+                           "num_tokens": trained_tokens, "loss_tokens": n, "step_time_s": time.time() - step_began})
             if t.eval_steps and done % t.eval_steps == 0 and done != total:
                 evaluate(done)
             if done % save_every == 0 and done != total:

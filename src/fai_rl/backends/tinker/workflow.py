@@ -5,7 +5,7 @@ The loop is fai_rl.backends.local.workflow's (rLLM-style workflows, grouped per 
 see its docstring and docs/workflows.md) with the Tinker pieces of tinker/grpo.py: every step samples through a
 sampler on the current weights (fai_rl.workflows.samplers.TinkerSampler, all requests in flight at once), each step of
 each trajectory becomes one datum of the service's `importance_sampling` (or `ppo`) loss with its advantage on every
-completion token (rollouts.rl_datum), GSPO goes through forward_backward_custom, and forward_backward + optim_step are
+completion token (rollouts.rl_datum), GSPO (importance_sampling_level: sequence) goes through forward_backward_custom, and forward_backward + optim_step are
 submitted before either is awaited.
 
 Departures: no KL term (training.beta must be 0 with a workflow); evaluation is evaluate_workflow's pass@k metrics on
@@ -30,9 +30,10 @@ from fai_rl.backends.tinker.grpo import update_policy
 from fai_rl.backends.tinker.rollouts import Sample
 from fai_rl.config.schema import Recipe
 from fai_rl.models.load import load_tokenizer
+from fai_rl.schedule import Schedule
 from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
 from fai_rl.workflows.data import describe_workflow, load_workflow_rows
-from fai_rl.workflows.loop import evaluate, rollout_metrics, step_tasks, tasks_per_step
+from fai_rl.workflows.loop import evaluate, rollout_metrics
 from fai_rl.workflows.samplers import TinkerSampler
 
 HEADLINE = ("reward/solver", "reward/judge", "judge_acc", "eval_solver_pass@1", "eval_judge_accuracy", "step_time_s")
@@ -78,10 +79,10 @@ def as_samples(scored) -> tuple[list[Sample], list[list[float]]]:
 
 def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict:
     t, w = recipe.training, recipe.workflow
-    per_step = tasks_per_step(recipe)
-    total = t.max_steps or max(1, int(t.num_train_epochs * len(prepared.train) // per_step))
+    schedule = Schedule(recipe, len(prepared.train))  # the local workflow loop's steps, task order and learning rate
+    total, per_step = schedule.total, schedule.batch
     start = prepared.resume.step if prepared.resume else 0
-    session = TinkerSession(recipe, run, prepared.resume)
+    session = TinkerSession(recipe, run, prepared.resume, schedule)
     log = StepLog(run, total, HEADLINE)
     save_every = recipe.tinker.save_every or t.save_steps
     print(f"workflow {w.type} with {t.algorithm} on Tinker: {per_step} tasks x {t.num_generations} episodes per "
@@ -95,15 +96,15 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
             log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
         for step in range(start, total):
             step_began = time.time()
-            tasks = step_tasks(prepared.train, step, per_step, t.seed)
+            tasks = [prepared.train[i] for i in schedule.rows(step)]
             episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)],
                                     sampler)
             scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
                                      w.norm_adv_by_std)
             generated += sum(len(s.step.completion_tokens) for s in scored)
-            metrics = {**rollout_metrics(episodes), "learning_rate": session.adam(step, total).learning_rate}
-            # every step is sent, advantage 0 or not: constant batch shapes keep the service warm (as tinker/grpo.py)
-            metrics.update(update_policy(session, recipe, *as_samples(scored), step, total))
+            metrics = {**rollout_metrics(episodes), "learning_rate": schedule.learning_rate(step)}
+            # num_iterations updates at this step's learning rate, as the local workflow loop makes them
+            metrics.update(update_policy(session, recipe, *as_samples(scored), step, t.num_iterations))
             sampler.client = session.sampling_client(f"sampler-{step + 1:06d}")
             metrics["step_time_s"] = time.time() - step_began
             done = step + 1
