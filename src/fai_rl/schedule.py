@@ -90,7 +90,10 @@ class Schedule:
         return order[k * size : min((k + 1) * size, self.rows_per_epoch)]
 
     def round_of(self, step: int) -> tuple[int, int]:
-        """GRPO: (epoch, round in epoch) of optimizer step `step`; the steps of one round share its completions."""
+        """(epoch, round in epoch) of optimizer step `step`: the steps of one GRPO round share its completions;
+        elsewhere every step is its own round."""
+        if self.kind != "rounds":
+            return step, 0
         epoch, k = divmod(step, int(self.steps_per_epoch))
         return epoch, k * self.recipe.training.gradient_accumulation_steps // self.micro_per_round
 
