@@ -13,6 +13,7 @@ import copy
 import json
 from pathlib import Path
 
+from fai_rl.algorithms import spec_of
 from fai_rl.config.schema import Recipe
 
 SHIPPED = ("zero1", "zero2", "zero3", "zero3_offload")
@@ -58,11 +59,11 @@ def offloads_params(config: dict) -> bool:
 def recipe_values(recipe: Recipe, bf16: bool) -> dict[str, object]:
     """The DeepSpeed keys the recipe decides, as dotted paths. PPO makes one optimizer step per mini-batch."""
     t = recipe.training
-    ppo = t.algorithm == "ppo"
+    mini_batches = spec_of(t.algorithm).rollout_loop
     return {
-        "train_micro_batch_size_per_gpu": t.per_device_train_batch_size // t.num_mini_batches if ppo
+        "train_micro_batch_size_per_gpu": t.per_device_train_batch_size // t.num_mini_batches if mini_batches
         else t.per_device_train_batch_size,
-        "gradient_accumulation_steps": 1 if ppo else t.gradient_accumulation_steps,
+        "gradient_accumulation_steps": 1 if mini_batches else t.gradient_accumulation_steps,
         "gradient_clipping": t.max_grad_norm,
         "bf16.enabled": bf16,
         "fp16.enabled": bool(t.fp16),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fai_rl.algorithms import spec_of
 from fai_rl.config.schema import Recipe, RewardSpec
 
 # Set on a PPO recipe whose reward model is FAI-RL's value_model_name: a model without a trained score head is used
@@ -49,15 +50,15 @@ def resolve_fai_rl_meaning(r: Recipe, given: set[str]) -> list[str]:
             notes.append(f"training.deepspeed_config: '{t.deepspeed_config}' is FAI-RL's shipped {name}.json; using "
                          f"fai-rl's equivalent '{ours}' (recipes/deepspeed/{ours}.json).")
             t.deepspeed_config = ours
-    if t.algorithm in ("grpo", "gspo") and d.max_prompt_length is not None \
+    if spec_of(t.algorithm).samples_groups and d.max_prompt_length is not None \
             and "training.max_completion_length" not in given and 0 < d.max_prompt_length < d.max_length:
         t.max_completion_length = d.max_length - d.max_prompt_length
         notes.append(f"training.max_completion_length: {t.max_completion_length} = data.max_length {d.max_length} "
                      f"- data.max_prompt_length {d.max_prompt_length} (FAI-RL's GRPO).")
-    if t.algorithm in ("grpo", "gspo") and not r.rewards and r.workflow.type == "single" \
+    if spec_of(t.algorithm).samples_groups and not r.rewards and r.workflow.type == "single" \
             and not r.model.reward_model_name:
         notes.append(_fai_rl_grpo_defaults(r))
-    if t.algorithm == "ppo" and r.model.value_model_name and not r.rewards and not r.model.reward_model_name:
+    if spec_of(t.algorithm).has_critic and r.model.value_model_name and not r.rewards and not r.model.reward_model_name:
         r.model.reward_model_name = r.model.value_model_name
         r.__dict__[FRESH_REWARD_HEAD] = True  # FAI-RL scored with that model's fresh head: allowed, said in the note
         notes.append(f"model.reward_model_name: none given, so model.value_model_name '{r.model.value_model_name}' "

@@ -20,7 +20,10 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fai_rl.config.schema import ALGORITHM_DEFAULTS, ALGORITHMS, BACKENDS, EVAL_METRICS, EvalRecipe, Recipe
+from fai_rl.algorithms import spec_of
+from fai_rl.config.fai_rl import resolve_fai_rl_meaning
+from fai_rl.config.rules import check_eval_rules, check_rules
+from fai_rl.config.schema import ALGORITHMS, BACKENDS, EVAL_METRICS, EvalRecipe, Recipe
 from fai_rl.config.support import FAI_RL_VLM_KEYS, check_key_support, table_key
 from fai_rl.errors import RecipeError
 
@@ -365,9 +368,6 @@ def load_recipe(
     What was accepted but changes nothing (FAI-RL keys this run does not read, FAI-RL meanings filled in) is returned
     as notes: `recipe_notes(recipe)`.
     """
-    from fai_rl.config.fai_rl import resolve_fai_rl_meaning
-    from fai_rl.config.rules import check_rules  # rules need the typed Recipe; imported here to keep layers one-way
-
     recipe, ctx = _load_typed(Path(path), overrides, Recipe, _ALL_FIELDS, accept_fai_rl_vlm=True)
     given = _given_values(recipe, ctx)
     unread: list[tuple[str, str]] = []
@@ -376,7 +376,7 @@ def load_recipe(
         unread, support_notes = check_key_support(recipe, given, _DEFAULTS)
         ctx.notes += support_notes
     ctx.notes += meanings
-    for key, value in ALGORITHM_DEFAULTS.get(recipe.training.algorithm, {}).items():
+    for key, value in spec_of(recipe.training.algorithm).defaults.items():
         if getattr(recipe.training, key) is None:  # null means "the algorithm's default": make it explicit
             setattr(recipe.training, key, value)
     if recipe.training.metric_for_best_model and recipe.training.greater_is_better is None:
@@ -441,15 +441,14 @@ def load_eval_recipe(
     extra_rules: list[typing.Callable[[EvalRecipe], list[tuple[str, str]]]] = (),
 ) -> EvalRecipe:
     """load_recipe for fai-rl-eval's recipes (schema EvalRecipe): same YAML, overrides, errors and exit code."""
-    from fai_rl.config.rules import check_eval_rules
-
     recipe, ctx = _load_typed(Path(path), overrides, EvalRecipe, _EVAL_FIELDS)
     for task in recipe.evaluation.tasks:  # empty means "the type's default": make it explicit
         if not task.metrics and not (task.type == "generate" and task.rewards):
             task.metrics = [EVAL_METRICS.get(task.type, ("exact_match",))[0]]
         if not task.pass_k:
             task.pass_k = sorted({1, task.num_samples}) if task.num_samples >= 1 else [1]
-    return _finish(recipe, ctx, [*check_eval_rules(recipe), *(p for rule in extra_rules for p in rule(recipe))])
+    problems = [*check_eval_rules(recipe, load_recipe), *(p for rule in extra_rules for p in rule(recipe))]
+    return _finish(recipe, ctx, problems)
 
 
 def _load_typed(path: Path, overrides: list[str] | None, schema: type, all_fields: dict[str, str],

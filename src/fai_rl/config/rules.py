@@ -9,10 +9,12 @@ only fit, or not, once it is known.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from fai_rl.algorithms import algorithm_names, spec_of
 from fai_rl.config.deepspeed import load_deepspeed_config, offloads_params, recipe_conflicts, zero_stage
 from fai_rl.config.schema import DPO_LOSSES, EVAL_METRICS, JUDGE_PLACEHOLDERS, EvalRecipe, Recipe
+from fai_rl.errors import RecipeError
 
 Problem = tuple[str, str]
 
@@ -126,7 +128,7 @@ def _model_rules(r: Recipe) -> Iterator[Problem]:
 def _data_rules(r: Recipe) -> Iterator[Problem]:
     d = r.data
     yield from _template_rules(r)
-    if (r.training.algorithm in ("grpo", "gspo") and d.max_prompt_length is not None
+    if (spec_of(r.training.algorithm).samples_groups and d.max_prompt_length is not None
             and not 0 < d.max_prompt_length < d.max_length):  # only GRPO/GSPO read it (others: a note)
         yield "data.max_prompt_length", (
             f"{d.max_prompt_length} must be greater than 0 and less than data.max_length ({d.max_length}): the rest "
@@ -141,7 +143,7 @@ def _data_rules(r: Recipe) -> Iterator[Problem]:
             f"{d.eval_split_ratio} together with data.eval_datasets; use one source of evaluation data "
             "(set data.eval_split_ratio=0 or remove data.eval_datasets)."
         )
-    if r.training.algorithm == "dpo":
+    if spec_of(r.training.algorithm).data == "pairs":
         for i, ds in enumerate(d.datasets):
             if ds.chosen_column == ds.rejected_column:
                 yield f"data.datasets[{i}].rejected_column", (
@@ -224,8 +226,9 @@ def _best_model_rules(r: Recipe, has_eval: bool) -> Iterator[Problem]:
                     "(every state is listed in checkpoints.json with its step); remove it.")
         return
     workflow = getattr(r, "workflow", None)
-    if t.algorithm == "ppo" or (workflow is not None and workflow.type != "single"):
-        what = "PPO" if t.algorithm == "ppo" else f"workflow.type {workflow.type}"
+    own_loop = spec_of(t.algorithm).rollout_loop
+    if own_loop or (workflow is not None and workflow.type != "single"):
+        what = t.algorithm.upper() if own_loop else f"workflow.type {workflow.type}"
         yield key, (f"'{t.metric_for_best_model}': {what} (trained by a loop written here, not HF Trainer) does not "
                     "track a best checkpoint yet; remove it.")
         return
@@ -266,24 +269,25 @@ def _deepspeed_rules(r: Recipe) -> Iterator[Problem]:
             "bitsandbytes' quantised weights cannot be sharded and gathered back; use DDP (remove "
             "training.deepspeed_config) or training.deepspeed_config=zero2."
         )
-    if t.algorithm in ("grpo", "gspo") and t.use_vllm and t.vllm_mode == "colocate" and offloads_params(config):
+    if spec_of(t.algorithm).samples_groups and t.use_vllm and t.vllm_mode == "colocate" and offloads_params(config):
         yield "training.vllm_mode", (
             f"'colocate' with '{t.deepspeed_config}', which offloads parameters to CPU: colocated vLLM is sent the "
             "full weights every step, gathered from the ZeRO-3 shards, which is not supported from offloaded "
             "parameters; use training.deepspeed_config=zero3 (no offload), or vllm_mode=server."
         )
-    if t.algorithm == "ppo":
+    if spec_of(t.algorithm).rollout_loop:
         for section in ("optimizer", "scheduler"):
             if section in config:
                 yield "training.deepspeed_config", (
-                    f"'{t.deepspeed_config}' has a \"{section}\" section, but PPO builds its own AdamW and schedule "
-                    "from training.learning_rate and lr_scheduler_type; remove the section from the file."
+                    f"'{t.deepspeed_config}' has a \"{section}\" section, but {t.algorithm.upper()} builds its own "
+                    "AdamW and schedule from training.learning_rate and lr_scheduler_type; remove the section from "
+                    "the file."
                 )
 
 
 def _dpo_rules(r: Recipe) -> Iterator[Problem]:
     t = r.training
-    if t.algorithm != "dpo":
+    if spec_of(t.algorithm).family != "preference":
         return
     for i, loss in enumerate(t.dpo_loss_type):
         if loss not in DPO_LOSSES:
@@ -309,7 +313,7 @@ def _sft_reward_rules(r: Recipe) -> Iterator[Problem]:
     if not r.rewards:
         return
     t = r.training
-    if t.algorithm == "dpo":
+    if spec_of(t.algorithm).family == "preference":
         yield "rewards", "DPO learns from preference pairs and reads no rewards; remove the rewards section."
 
 
@@ -321,16 +325,17 @@ def _sampling_rules(r: Recipe) -> Iterator[Problem]:
         yield "training.top_p", f"{t.top_p} must be in (0, 1]."
     if t.max_completion_length <= 0:
         yield "training.max_completion_length", f"{t.max_completion_length} must be greater than 0, e.g. 256."
-    if not r.rewards and not (t.algorithm == "ppo" and r.model.reward_model_name):
+    alone = spec_of(t.algorithm).reward_model_alone  # a reward model is reward enough
+    if not r.rewards and not (alone and r.model.reward_model_name):
         yield "rewards", (
             f"is empty, but {t.algorithm} learns from rewards; add e.g. rewards[0].function=exact_match"
-            + (" or set model.reward_model_name." if t.algorithm == "ppo" else ".")
+            + (" or set model.reward_model_name." if alone else ".")
         )
 
 
 def _grpo_rules(r: Recipe, processes: int) -> Iterator[Problem]:
     t = r.training
-    if t.algorithm not in ("grpo", "gspo"):
+    if not spec_of(t.algorithm).samples_groups:
         return
     yield from _sampling_rules(r)
     # A generation round samples per_device_train_batch_size x processes x steps completions, in whole groups.
@@ -367,7 +372,7 @@ def _grpo_rules(r: Recipe, processes: int) -> Iterator[Problem]:
         yield "training.beta", f"{t.beta} must be 0 (no reference model) or more."
     if t.num_iterations < 1:
         yield "training.num_iterations", f"{t.num_iterations} must be at least 1."
-    if t.algorithm == "gspo":
+    if spec_of(t.algorithm).sequence_ratios:
         if t.importance_sampling_level == "token":
             yield "training.importance_sampling_level", (
                 "'token' turns GSPO into GRPO; use training.algorithm=grpo, or leave it null (sequence)."
@@ -381,7 +386,7 @@ def _grpo_rules(r: Recipe, processes: int) -> Iterator[Problem]:
 
 def _ppo_rules(r: Recipe) -> Iterator[Problem]:
     t = r.training
-    if t.algorithm != "ppo":
+    if not spec_of(t.algorithm).rollout_loop:
         return
     yield from _sampling_rules(r)
     for key in ("gamma", "lam"):
@@ -429,7 +434,7 @@ def _tinker_rules(r: Recipe) -> Iterator[Problem]:
         )
     if not (k.train_mlp or k.train_attn or k.train_unembed):
         yield "tinker.train_mlp", "false with train_attn and train_unembed false: LoRA would train nothing."
-    if t.algorithm == "dpo":
+    if spec_of(t.algorithm).family == "preference":
         for i, loss in enumerate(t.dpo_loss_type):
             if loss in DPO_LOSSES and loss not in TINKER_DPO_LOSSES:
                 yield f"training.dpo_loss_type[{i}]", (
@@ -468,10 +473,12 @@ def _workflow_rules(r: Recipe, processes: int = 1) -> Iterator[Problem]:
             f"'{w.type}' on the local backend runs in one process (its loop is written here, not HF Trainer's), "
             f"but this launch asks for {how}; use one GPU (--num-gpus 1, no deepspeed_config), or the Tinker backend."
         )
-    if t.algorithm not in ("grpo", "gspo"):
+    if not spec_of(t.algorithm).workflow_modules:
+        able = [n for n in algorithm_names() if spec_of(n).workflow_modules]
         yield "workflow.type", (
-            f"'{w.type}' with training.algorithm={t.algorithm}: workflows are trained with GRPO or GSPO; set "
-            "training.algorithm=grpo (or gspo), or workflow.type=single."
+            f"'{w.type}' with training.algorithm={t.algorithm}: workflows are trained with "
+            f"{' or '.join(n.upper() for n in able)}; set training.algorithm={able[0]} (or {', '.join(able[1:])}), "
+            "or workflow.type=single."
         )
     if ":" not in w.type and w.type != "solver_judge":
         near = difflib.get_close_matches(w.type, ["single", "solver_judge"], n=1)
@@ -521,12 +528,16 @@ def _workflow_rules(r: Recipe, processes: int = 1) -> Iterator[Problem]:
 # fai-rl-eval recipes
 
 
-def check_eval_rules(r: EvalRecipe) -> list[Problem]:
-    """Every cross-field / range problem of an evaluation recipe (rewards are checked by the caller's extra rule)."""
-    return list(_eval_rules(r))
+def check_eval_rules(r: EvalRecipe, load_recipe: Callable[[str], Recipe]) -> list[Problem]:
+    """Every cross-field / range problem of an evaluation recipe (rewards are checked by the caller's extra rule).
+
+    `load_recipe` (fai_rl.config.load's) loads a workflow task's training recipe: passed in, so that rules never
+    import the loader that imports them.
+    """
+    return list(_eval_rules(r, load_recipe))
 
 
-def _eval_rules(r: EvalRecipe) -> Iterator[Problem]:
+def _eval_rules(r: EvalRecipe, load_recipe: Callable[[str], Recipe]) -> Iterator[Problem]:
     e = r.evaluation
     if not e.models:
         yield "evaluation.models", "is empty; name at least one model, e.g. evaluation.models=[runs/my-run]."
@@ -553,10 +564,10 @@ def _eval_rules(r: EvalRecipe) -> Iterator[Problem]:
         seen.setdefault(task.name, i)
         if not task.name.strip():
             yield f"{key}.name", "is empty; name the task (it labels the table and the files)."
-        yield from _eval_task_rules(task, key)
+        yield from _eval_task_rules(task, key, load_recipe)
 
 
-def _eval_task_rules(task, key: str) -> Iterator[Problem]:
+def _eval_task_rules(task, key: str, load_recipe: Callable[[str], Recipe]) -> Iterator[Problem]:
     allowed = EVAL_METRICS[task.type]
     for j, metric in enumerate(task.metrics):
         if metric not in allowed:
@@ -567,7 +578,7 @@ def _eval_task_rules(task, key: str) -> Iterator[Problem]:
                 f"'{metric}' is not a {task.type} metric; {hint}use {', '.join(allowed)}{extra}."
             )
     if task.type == "workflow":
-        yield from _eval_workflow_rules(task, key)
+        yield from _eval_workflow_rules(task, key, load_recipe)
     elif task.workflow_recipe is not None:
         yield f"{key}.workflow_recipe", f"is only read by type workflow (this task is {task.type}); remove it."
     if task.type == "multiple_choice" and task.rewards:
@@ -604,7 +615,7 @@ def _eval_task_rules(task, key: str) -> Iterator[Problem]:
         yield f"{key}.dataset.name", "is empty; name a file, a dataset dir, a hub dataset or a built-in task."
 
 
-def _eval_workflow_rules(task, key: str) -> Iterator[Problem]:
+def _eval_workflow_rules(task, key: str, load_recipe: Callable[[str], Recipe]) -> Iterator[Problem]:
     """A workflow task names a training recipe with a workflow; its rewards score the episodes."""
     if task.rewards:
         yield f"{key}.rewards", "a workflow task is scored by the rewards of its workflow_recipe; remove them here."
@@ -612,9 +623,6 @@ def _eval_workflow_rules(task, key: str) -> Iterator[Problem]:
         yield f"{key}.workflow_recipe", ("is null; name the training recipe whose workflow to run, e.g. "
                                          "recipes/quickstart/solver_judge.yaml.")
         return
-    from fai_rl.config.load import load_recipe
-    from fai_rl.errors import RecipeError
-
     try:
         recipe = load_recipe(task.workflow_recipe)
     except RecipeError as e:

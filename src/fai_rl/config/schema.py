@@ -12,7 +12,9 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-ALGORITHMS = ("sft", "cpt", "dpo", "ppo", "grpo", "gspo")
+from fai_rl.algorithms import algorithm_names
+
+ALGORITHMS = algorithm_names()  # the registry's (fai_rl.algorithms), with their defaults for null training keys
 BACKENDS = ("local", "tinker")
 # transformers.SchedulerType values (tests/test_recipe_schema.py checks they match the installed transformers).
 LR_SCHEDULERS = (
@@ -33,22 +35,6 @@ DPO_LOSSES = (
     "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )
 GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
-# Per-algorithm defaults of the keys left null in TrainingConfig. load_recipe fills them in, so the resolved recipe
-# says what ran. GSPO is GRPO with sequence-level importance ratios and the paper's settings (Zheng et al., 2025).
-ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sft": {},
-    "cpt": {},
-    "dpo": {"beta": 0.1},
-    "grpo": {"beta": 0.0, "epsilon": 0.2, "loss_type": "dapo", "importance_sampling_level": "token"},
-    "gspo": {
-        "beta": 0.0,
-        "epsilon": 3e-4,
-        "epsilon_high": 4e-4,
-        "loss_type": "grpo",
-        "importance_sampling_level": "sequence",
-    },
-    "ppo": {},
-}
 # A subset of transformers.OptimizerNames worth offering (checked against transformers by the same test).
 OPTIMIZERS = (
     "adamw_torch",

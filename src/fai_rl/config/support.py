@@ -16,12 +16,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fai_rl.algorithms import algorithm_names, spec_of
 from fai_rl.config.schema import ALGORITHMS, BACKENDS, Recipe
 
+# Groups of algorithms, asked of the registry (fai_rl.algorithms); rows naming one algorithm name its own keys.
 ALL = ALGORITHMS
-HF_TRAINER = ("sft", "cpt", "dpo", "grpo", "gspo")  # trained through HF Trainer / TRL (PPO is a loop written here)
-RL = ("grpo", "gspo")
-SAMPLING = ("grpo", "gspo", "ppo")
+HF_TRAINER = algorithm_names(rollout_loop=False)  # trained through HF Trainer / TRL (PPO is a loop written here)
+RL = algorithm_names(samples_groups=True)  # GRPO and its variants
+# sample completions and learn from rewards; the GRPO family first, as the docs and messages have always listed them
+SAMPLING = (*RL, *(n for n in algorithm_names(samples=True) if n not in RL))
 
 
 @dataclass(frozen=True)
@@ -49,14 +52,14 @@ def _model_not_s3(r: Recipe) -> str | None:
 
 
 def _templated_prompts(r: Recipe) -> str | None:
-    if r.training.algorithm == "sft" or not any(d.prompt_template for d in r.data.datasets):
+    if not spec_of(r.training.algorithm).samples or not any(d.prompt_template for d in r.data.datasets):
         return None
     return "every data.datasets[] has a prompt_template, whose own system message is used (as in FAI-RL)" if all(
         d.prompt_template for d in r.data.datasets) else None
 
 
 def _tinker_dpo(r: Recipe) -> str | None:
-    return ("Tinker's DPO tokenises its pairs in this process" if r.training.algorithm == "dpo"
+    return ("Tinker's DPO tokenises its pairs in this process" if spec_of(r.training.algorithm).data == "pairs"
             and r.training.backend == "tinker" else None)
 
 
@@ -69,7 +72,7 @@ def _tinker_ratio_level(r: Recipe) -> str | None:
     t = r.training
     if t.backend != "tinker":
         return None
-    fixed = "sequence" if t.algorithm == "gspo" else "token"
+    fixed = "sequence" if spec_of(t.algorithm).sequence_ratios else "token"
     return None if t.importance_sampling_level in (None, fixed) else (
         f"the Tinker backend uses {fixed}-level ratios for {t.algorithm}; set training.algorithm=gspo for sequence")
 

@@ -1,0 +1,125 @@
+"""The algorithm registry: one AlgorithmSpec per algorithm, the only place that knows what "grpo" means.
+
+A spec holds what used to be spread over the code as name tests (`algorithm in ("grpo", "gspo")`): the defaults it
+fills into null training keys, what data it reads, what it can do (sample groups, sequence-level ratios, a critic),
+how it is trained (HF Trainer / TRL, or a loop written here) and the module that trains it on each backend. The
+schema's choices, the rules, the key-support groups, dispatch, model loading and the docs ask the spec instead.
+
+This module imports nothing of fai_rl and nothing heavy (config/schema.py imports it). Modules are named as strings
+and imported on use. Adding an algorithm: one spec here, its module(s), its recipe and its test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Literal
+
+Family = Literal["supervised", "preference", "rl"]
+# What one training row is: "rows" prompt/reply or chat rows (SFT), "text" raw documents packed into blocks (CPT),
+# "pairs" a prompt with a chosen and a rejected reply (DPO), "prompts" prompts whose completions are sampled (RL).
+DataKind = Literal["rows", "text", "pairs", "prompts"]
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """What one algorithm is, does and needs; every question the rest of the code asks about an algorithm."""
+
+    name: str  # the value of training.algorithm
+    summary: str  # one line for the docs' algorithm table
+    title: str  # how a model card says what was done ("DPO (direct preference optimisation)")
+    family: Family
+    data: DataKind
+    # Per-algorithm values of the keys left null in TrainingConfig; load_recipe fills them in, so the resolved recipe
+    # says what ran.
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    modules: Mapping[str, str] = field(default_factory=dict)  # backend -> module offering backends.AlgorithmModule
+    # backend -> module training workflow.type other than single (multi-role trajectories TRL cannot express)
+    workflow_modules: Mapping[str, str] = field(default_factory=dict)
+    # Samples a group of completions per prompt and compares them (GRPO family): num_generations, group advantages,
+    # vLLM, the workflow loops, and FAI-RL's GRPO meanings (data.max_prompt_length, its default rewards).
+    samples_groups: bool = False
+    sequence_ratios: bool = False  # importance ratios per sequence, not per token (GSPO)
+    has_critic: bool = False  # a value model (model.value_model_name) beside the policy (PPO)
+    # Trained rollout by rollout, num_ppo_epochs over num_mini_batches optimizer steps each (PPO); on the local backend
+    # by a loop written here, not HF Trainer / TRL: its own AdamW and schedule, no best-checkpoint tracking.
+    rollout_loop: bool = False
+    reward_model_alone: bool = False  # model.reward_model_name alone is a reward (no rewards: section needed)
+    liger_by_default: bool = False  # training.use_liger_kernel null means on (with a CUDA GPU and liger installed)
+
+    def __post_init__(self) -> None:
+        for f in ("defaults", "modules", "workflow_modules"):  # frozen all the way down: a spec is shared
+            object.__setattr__(self, f, MappingProxyType(dict(getattr(self, f))))
+
+    @property
+    def samples(self) -> bool:
+        """Samples completions and learns from rewards (GRPO, GSPO, PPO): sampling keys, rewards, generation."""
+        return self.family == "rl"
+
+    @property
+    def sequences_per_row(self) -> int:
+        """Sequences one row puts through the model in a step (a preference pair: two)."""
+        return 2 if self.data == "pairs" else 1
+
+
+def _modules(local: str, tinker: str) -> dict[str, str]:
+    return {"local": f"fai_rl.backends.local.{local}", "tinker": f"fai_rl.backends.tinker.{tinker}"}
+
+
+# In the order the schema offers them (training.algorithm's choices, the docs).
+REGISTRY: dict[str, AlgorithmSpec] = {s.name: s for s in (
+    AlgorithmSpec(
+        "sft", "supervised fine-tuning on prompt/reply rows or chat messages, loss on the reply",
+        "supervised fine-tuning", family="supervised", data="rows", modules=_modules("sft", "sft"),
+        liger_by_default=True,
+    ),
+    AlgorithmSpec(  # CPT is SFT on packed raw text, loss on every token: the SFT module on each backend
+        "cpt", "continued pre-training: next-token loss on raw text packed into data.max_length blocks",
+        "continued pre-training (next-token loss on packed raw text)", family="supervised", data="text",
+        modules=_modules("sft", "sft"),
+    ),
+    AlgorithmSpec(
+        "dpo", "direct preference optimisation on chosen/rejected pairs (Rafailov et al., 2023)",
+        "DPO (direct preference optimisation)", family="preference", data="pairs", defaults={"beta": 0.1},
+        modules=_modules("dpo", "dpo"), liger_by_default=True,
+    ),
+    AlgorithmSpec(
+        "ppo", "proximal policy optimisation: clipped ratios over rollouts; on the local backend a value model and GAE "
+        "(Schulman et al., 2017)",
+        "PPO (proximal policy optimisation)", family="rl", data="prompts", modules=_modules("ppo", "ppo"),
+        has_critic=True, rollout_loop=True, reward_model_alone=True,
+    ),
+    AlgorithmSpec(
+        "grpo", "group relative policy optimisation: rewards of a group of samples per prompt (Shao et al., 2024)",
+        "GRPO (group relative policy optimisation)", family="rl", data="prompts",
+        defaults={"beta": 0.0, "epsilon": 0.2, "loss_type": "dapo", "importance_sampling_level": "token"},
+        modules=_modules("grpo", "grpo"), workflow_modules=_modules("workflow", "workflow"), samples_groups=True,
+    ),
+    AlgorithmSpec(  # GRPO with sequence-level importance ratios and the paper's settings: the GRPO module
+        "gspo", "group sequence policy optimisation: GRPO with sequence-level ratios (Zheng et al., 2025)",
+        "GSPO (group sequence policy optimisation)", family="rl", data="prompts",
+        defaults={"beta": 0.0, "epsilon": 3e-4, "epsilon_high": 4e-4, "loss_type": "grpo",
+                  "importance_sampling_level": "sequence"},
+        modules=_modules("grpo", "grpo"), workflow_modules=_modules("workflow", "workflow"), samples_groups=True,
+        sequence_ratios=True,
+    ),
+)}
+
+# What spec_of() answers for a name the schema has already refused: no capability, no defaults, no module, so the rules
+# that still run after a schema error (to report every problem at once) stay quiet about it.
+_UNKNOWN = AlgorithmSpec("", "", "an unknown algorithm", family="supervised", data="rows")
+_FLAGS = {f.name for f in fields(AlgorithmSpec)} | {"samples", "sequences_per_row"}
+
+
+def spec_of(name: str) -> AlgorithmSpec:
+    """The spec of training.algorithm `name`; a spec that asks for nothing when the name is not an algorithm."""
+    return REGISTRY.get(name, _UNKNOWN)
+
+
+def algorithm_names(**where: Any) -> tuple[str, ...]:
+    """The algorithms, in registry order, whose spec has every given value: algorithm_names(samples_groups=True)."""
+    unknown = set(where) - _FLAGS
+    if unknown:
+        raise TypeError(f"AlgorithmSpec has no {', '.join(sorted(unknown))}")
+    return tuple(n for n, s in REGISTRY.items() if all(getattr(s, k) == v for k, v in where.items()))
