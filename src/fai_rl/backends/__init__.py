@@ -1,7 +1,7 @@
-"""Dispatch from (training.backend, training.algorithm) to the module that trains it: one table, one place.
+"""Dispatch from (training.backend, training.algorithm) to the module that trains it, as the registry names it.
 
-Each module offers the `AlgorithmModule` protocol. Modules are named as strings and imported on use, so validating a
-recipe never imports torch. Adding an algorithm is one line here plus its module, recipe and test.
+Each module offers the `AlgorithmModule` protocol. Modules are named as strings (AlgorithmSpec.modules) and imported
+on use, so validating a recipe never imports torch. Adding an algorithm adds nothing here: its spec names its modules.
 """
 
 from __future__ import annotations
@@ -9,30 +9,21 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
+from fai_rl.algorithms import spec_of
 from fai_rl.artifacts import RunDir
-from fai_rl.config.schema import Recipe
+from fai_rl.config.schema import ALGORITHMS, BACKENDS, Recipe
 
+# (backend, algorithm) -> module, built from the registry's specs (fai_rl.algorithms): one module may train several
+# algorithms (CPT is SFT on packed text; GSPO is GRPO with sequence-level ratios).
 TRAINERS: dict[tuple[str, str], str] = {
-    ("local", "sft"): "fai_rl.backends.local.sft",
-    ("local", "cpt"): "fai_rl.backends.local.sft",  # CPT is SFT on packed raw text, loss on every token: one module
-    ("local", "dpo"): "fai_rl.backends.local.dpo",
-    ("local", "grpo"): "fai_rl.backends.local.grpo",
-    ("local", "gspo"): "fai_rl.backends.local.grpo",  # GSPO is GRPO with sequence-level ratios: one module
-    ("local", "ppo"): "fai_rl.backends.local.ppo",
-    ("tinker", "sft"): "fai_rl.backends.tinker.sft",
-    ("tinker", "cpt"): "fai_rl.backends.tinker.sft",  # one module, as on the local backend
-    ("tinker", "dpo"): "fai_rl.backends.tinker.dpo",
-    ("tinker", "grpo"): "fai_rl.backends.tinker.grpo",
-    ("tinker", "gspo"): "fai_rl.backends.tinker.grpo",  # one module, as on the local backend
-    ("tinker", "ppo"): "fai_rl.backends.tinker.ppo",
+    (backend, name): spec_of(name).modules[backend] for backend in BACKENDS for name in ALGORITHMS
+    if backend in spec_of(name).modules
 }
-# GRPO/GSPO with workflow.type other than single: TRL's GRPOTrainer cannot express multi-role trajectories, so
-# workflow runs have their own small loops (one per backend), chosen here by the same (backend, algorithm) key.
+# workflow.type other than single: TRL's GRPOTrainer cannot express multi-role trajectories, so workflow runs have
+# their own small loops (one per backend), chosen here by the same (backend, algorithm) key.
 WORKFLOW_TRAINERS: dict[tuple[str, str], str] = {
-    ("local", "grpo"): "fai_rl.backends.local.workflow",
-    ("local", "gspo"): "fai_rl.backends.local.workflow",
-    ("tinker", "grpo"): "fai_rl.backends.tinker.workflow",
-    ("tinker", "gspo"): "fai_rl.backends.tinker.workflow",
+    (backend, name): spec_of(name).workflow_modules[backend] for backend in BACKENDS for name in ALGORITHMS
+    if backend in spec_of(name).workflow_modules
 }
 
 
