@@ -11,7 +11,8 @@ import typing
 
 from omegaconf import MISSING
 
-from fai_rl.config.schema import EvalRecipe, Recipe
+from fai_rl.algorithms import REGISTRY
+from fai_rl.config.schema import BACKENDS, EvalRecipe, Recipe
 from fai_rl.config.support import FAI_RL_VLM_KEYS, KEYS, read_by, support_of
 
 
@@ -67,6 +68,26 @@ def _section(cls, prefix: str, out: list[str], support: bool = False) -> None:
         _section(sub, key, out, support)
 
 
+def _algorithms() -> list[str]:
+    """The values of training.algorithm, from the registry (src/fai_rl/algorithms.py)."""
+    out = [
+        "## Algorithms",
+        "",
+        "`training.algorithm`, from the registry (`src/fai_rl/algorithms.py`). Data: `rows` prompt/reply rows or chat "
+        "messages, `text` raw documents packed into `data.max_length` blocks, `pairs` chosen/rejected replies to a "
+        "prompt, `prompts` prompts whose completions are sampled and rewarded. Defaults fill the training keys the "
+        "recipe leaves null.",
+        "",
+        "| algorithm | what | data | defaults | " + " | ".join(f"{b} module" for b in BACKENDS) + " |",
+        "|" + "---|" * (4 + len(BACKENDS)),
+    ]
+    for name, s in REGISTRY.items():
+        defaults = ", ".join(f"`{k}: {v}`" for k, v in s.defaults.items()) or "-"
+        modules = [f"`{s.modules[b]}`" if b in s.modules else "-" for b in BACKENDS]
+        out.append(f"| `{name}` | {s.summary} | {s.data} | {defaults} | " + " | ".join(modules) + " |")
+    return [*out, ""]
+
+
 def _fai_rl_keys() -> list[str]:
     """The FAI-RL key table: every key of FAI-RL's training config and what it maps onto here."""
     out = [
@@ -99,6 +120,7 @@ def render() -> str:
         "one-line note. Keys of list items (`data.datasets[]`) apply to `data.eval_datasets[]` too.",
         "",
     ]
+    out += _algorithms()
     _section(Recipe, "", out, support=True)
     out += _fai_rl_keys()
     out += [
