@@ -10,6 +10,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
+from fai_rl.algorithms import spec_of
 from fai_rl.config.schema import Recipe
 from fai_rl.data.formats import (
     SFTExample,
@@ -161,7 +162,7 @@ def _all_columns(rows: list[dict]) -> list[str]:
 
 def prepare_data(recipe: Recipe, tokenizer) -> SFTData:
     """The data of an SFT or CPT recipe, loaded, checked, split and tokenised."""
-    return prepare_cpt_data(recipe, tokenizer) if recipe.training.algorithm == "cpt" else \
+    return prepare_cpt_data(recipe, tokenizer) if spec_of(recipe.training.algorithm).data == "text" else \
         prepare_sft_data(recipe, tokenizer)
 
 

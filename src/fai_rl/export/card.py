@@ -11,15 +11,12 @@ import os
 
 import yaml
 
+from fai_rl.algorithms import REGISTRY
 from fai_rl.export.merge import RunInfo
 from fai_rl.models.builtin import is_builtin_model
 
 # Values of these variables never appear in a card, whatever a recipe or summary held.
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TINKER_API_KEY", "WANDB_API_KEY")
-_ALGORITHMS = {"sft": "supervised fine-tuning", "cpt": "continued pre-training (next-token loss on packed raw text)",
-               "dpo": "DPO (direct preference optimisation)",
-               "grpo": "GRPO (group relative policy optimisation)", "gspo": "GSPO (group sequence policy optimisation)",
-               "ppo": "PPO (proximal policy optimisation)"}
 
 
 def model_card(note: dict, run: RunInfo, title: str, load_path: str) -> str:
@@ -65,7 +62,7 @@ def _what(note: dict, run: RunInfo) -> str:
         return (f"`{note['base_model_name']}` as published, re-saved by fai-rl-export in {note['dtype']} as "
                 f"safetensors ({note['parameters']:,} parameters); no training.")
     algorithm = note.get("algorithm")
-    did = _ALGORITHMS.get(algorithm or "", algorithm or "an unknown algorithm")
+    did = REGISTRY[algorithm].title if algorithm in REGISTRY else (algorithm or "an unknown algorithm")
     base = note.get("base_model_name") or "an unrecorded base model"
     backend = note.get("backend") or "local"
     step = note.get("global_step")

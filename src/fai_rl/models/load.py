@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 
+from fai_rl.algorithms import spec_of
 from fai_rl.config.schema import ModelConfig, Recipe
 from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.builtin import is_builtin_model, materialize_builtin_model
@@ -58,7 +59,7 @@ def use_liger_kernel(recipe: Recipe) -> bool:
 
     import torch
 
-    return (recipe.training.algorithm in ("sft", "dpo") and torch.cuda.is_available()
+    return (spec_of(recipe.training.algorithm).liger_by_default and torch.cuda.is_available()
             and importlib.util.find_spec("liger_kernel") is not None)
 
 
@@ -97,12 +98,13 @@ def estimated_gpu_bytes(recipe: Recipe) -> float:
     params = layers * (2 * h * d_attn + 2 * h * d_kv + 3 * h * inter) + vocab * h * (1 if c.tie_word_embeddings else 2)
     weight_bytes = 0.55 if m.load_in_4bit else 1.0 if m.load_in_8bit else 2.0 if torch_dtype(m).itemsize == 2 else 4.0
     state = params * (weight_bytes if m.use_lora else 4 * weight_bytes)  # full: weights, grads, two AdamW moments
-    if t.algorithm in ("grpo", "gspo", "ppo"):
+    algorithm = spec_of(t.algorithm)
+    if algorithm.samples:  # prompt + sampled completion
         tokens = t.per_device_train_batch_size * (d.max_length + t.max_completion_length)
     else:
-        tokens = t.per_device_train_batch_size * d.max_length * (2 if t.algorithm == "dpo" else 1)
+        tokens = t.per_device_train_batch_size * d.max_length * algorithm.sequences_per_row
     activations = tokens * layers * 2 * (8 * h + 4 * inter + 2 * d_attn + 2 * d_kv) * (1.15 if m.use_lora else 1.0)
-    logits = tokens * vocab * 4 if t.algorithm in ("grpo", "gspo", "ppo") else 0
+    logits = tokens * vocab * 4 if algorithm.samples else 0
     return state + activations + logits
 
 
