@@ -32,6 +32,7 @@ import functools
 import math
 import random
 
+from fai_rl.algorithms import spec_of
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
 
@@ -47,11 +48,11 @@ class Schedule:
             self.kind = "stream"
             self.batch = max(1, t.per_device_train_batch_size * ga // t.num_generations)
             per_epoch = rows / self.batch
-        elif t.algorithm == "ppo":
+        elif spec_of(t.algorithm).rollout_loop:  # PPO: one rollout batch of prompts a step
             self.kind = "stream"
             self.batch = t.per_device_train_batch_size * ga * processes
             per_epoch = rows / self.batch
-        elif t.algorithm in ("grpo", "gspo"):
+        elif spec_of(t.algorithm).samples_groups:
             self.kind = "rounds"
             # steps_per_generation is read by the local backend only; elsewhere a round is GA micro-steps
             gen_steps = (t.steps_per_generation if t.backend == "local" else None) or ga
