@@ -216,3 +216,13 @@ def test_ppo_same_steps_rates_and_names(tmp_path, tinker_env):
     _assert_same_steps_and_rates(local, tinker)
     shared = {"reward", "rewards/exact_match", "kl", "completion_length", "learning_rate", "policy_loss"}
     assert shared <= _keys(local) & _keys(tinker), (shared - _keys(local), shared - _keys(tinker))
+
+
+def test_tinker_ppo_logs_the_local_ppo_names():
+    from fai_rl.backends.tinker.ppo import local_names
+
+    named = local_names({"reward": 0.5, "reward_std": 0.1, "rewards/exact_match/mean": 0.5,
+                         "rewards/exact_match/std": 0.2, "completions/mean_length": 3.0, "completions/max_length": 4.0,
+                         "loss": -0.1, "kl": 0.01, "learning_rate": 1e-3, "epoch": 0.5})
+    assert named == {"reward": 0.5, "rewards/exact_match": 0.5, "completion_length": 3.0, "policy_loss": -0.1,
+                     "kl": 0.01, "learning_rate": 1e-3}

@@ -1,6 +1,7 @@
 """The Tinker backend: the same recipes trained on Thinking Machines' hosted training API through the `tinker` SDK.
 
-One module per algorithm (sft, dpo, grpo for GRPO and GSPO, ppo), sharing the service session (common.py) and the
-sampling/scoring of the RL algorithms (rollouts.py) with each other, and data loading, chat rendering, rewards and the
-advantage/loss maths (fai_rl.rl_math) with the local backend.
+sft (SFT and CPT) and dpo are loops of their own; grpo (GRPO and GSPO) and ppo are configurations of one RL driver
+(rollouts.train_rl), and workflow trains multi-role workflows through grpo's update. All share the service session
+(common.py), and with the local backend the step count, each step's rows and learning rate (fai_rl.schedule), data
+loading, chat rendering, rewards and the advantage/loss maths (fai_rl.rl_math).
 """

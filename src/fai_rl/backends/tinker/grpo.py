@@ -73,10 +73,10 @@ def update_policy(session: TinkerSession, recipe: Recipe, samples, per_token, st
     """
     t, tinker = recipe.training, session.tinker
     data = [rollouts.rl_datum(tinker, s, adv_t) for s, adv_t in zip(samples, per_token, strict=True)]
-    out = {}
+    out, seen = {}, {}
     for _ in range(iterations):
         if t.importance_sampling_level == "sequence":
-            fb = session.training.forward_backward_custom(data, _gspo_loss(samples, per_token, t))
+            fb = session.training.forward_backward_custom(data, _gspo_loss(samples, per_token, t, seen))
         elif recipe.tinker.rl_loss == "ppo":
             config = {"clip_low_threshold": 1 - t.epsilon, "clip_high_threshold": 1 + (t.epsilon_high or t.epsilon)}
             fb = session.training.forward_backward(data, "ppo", config)
@@ -85,12 +85,14 @@ def update_policy(session: TinkerSession, recipe: Recipe, samples, per_token, st
         opt = session.training.optim_step(session.adam(step))
         result = session.wait(fb, f"forward_backward at step {step + 1}")
         session.wait(opt, f"optim_step at step {step + 1}")
-        out = rollouts.policy_loss_metrics(result, samples)
+        # the custom loss's own value (the service's loss:sum of a custom loss is its linearisation)
+        out = {**rollouts.policy_loss_metrics(result, samples), **seen}
     return out
 
 
-def _gspo_loss(samples, per_token, t):
-    """The custom loss: logprobs_list[i] holds datum i's target log-probs under the current weights."""
+def _gspo_loss(samples, per_token, t, seen: dict):
+    """The custom loss: logprobs_list[i] holds datum i's target log-probs under the current weights; its value is
+    kept in `seen` as the logged loss."""
     starts = [len(s.prompt) - 1 for s in samples]
 
     def loss_fn(data, logprobs_list):
@@ -98,7 +100,10 @@ def _gspo_loss(samples, per_token, t):
                                                                              strict=True)]
         old = [torch.tensor(s.logprobs) for s in samples]
         advantages = [sum(adv) / len(adv) for adv in per_token]
-        return sequence_ratio_loss(new, old, advantages, epsilon=t.epsilon, epsilon_high=t.epsilon_high or t.epsilon)
+        loss, metrics = sequence_ratio_loss(new, old, advantages, epsilon=t.epsilon,
+                                            epsilon_high=t.epsilon_high or t.epsilon)
+        seen["loss"] = loss.item()
+        return loss, metrics
 
     return loss_fn
 

@@ -252,8 +252,10 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
 
 
 def policy_loss_metrics(result, samples: list[Sample]) -> dict[str, float]:
-    """The service's loss per completion token (TRL's default dapo normalisation) and its clip counters."""
-    out = {k: float(v) for k, v in (result.metrics or {}).items() if k.startswith("clip")}
+    """The service's loss per completion token (TRL's default dapo normalisation) and its clip counters; the share
+    of clipped ratios under TRL's name (clip_ratio/region_mean)."""
+    out = {("clip_ratio/region_mean" if k == "clip_ratio" else k): float(v)
+           for k, v in (result.metrics or {}).items() if k.startswith("clip")}
     if result.metrics and "loss:sum" in result.metrics:
         out["loss"] = float(result.metrics["loss:sum"]) / max(1, sum(len(s.completion) for s in samples))
     return out
