@@ -9,22 +9,18 @@ loads. Built-ins declare their kwargs as typed keyword-only parameters; those ar
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import math
 import re
-import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fai_rl.config.schema import Recipe, RewardSpec
 from fai_rl.errors import RecipeError
+from fai_rl.imports import Unresolved, import_named
 from fai_rl.rewards.countdown import countdown
 from fai_rl.rewards.fairl import fairl_answer_digit, fairl_answer_match, fairl_xml_format
 from fai_rl.rewards.function import TRL_INTERNAL, RewardError, RewardFn
@@ -52,10 +48,6 @@ _NOT_RERUN = ("reward_model", "http")
 _RESERVED = ("prompts", "completions", *TRL_INTERNAL)
 
 
-class _Unresolved(Exception):
-    """`function` names nothing callable; the message says why and what to write instead."""
-
-
 def check_rewards(recipe: Recipe) -> list[Problem]:
     """Recipe rule (for load_recipe's extra_rules): every reward resolves and accepts what it will be given."""
     problems: list[Problem] = []
@@ -65,7 +57,7 @@ def check_rewards(recipe: Recipe) -> list[Problem]:
             problems.append((f"{key}.weight", f"{spec.weight} must be a finite number, e.g. 1.0."))
         try:
             fn = resolve_function(spec.function)
-        except _Unresolved as e:
+        except Unresolved as e:
             problems.append((f"{key}.function", str(e)))
             continue
         if spec.function in BUILTINS:
@@ -132,14 +124,14 @@ def recipe_rewards(recipe: Recipe) -> list:
 
 
 def resolve_function(function: str) -> Callable:
-    """The callable a `function` string names; _Unresolved (message: why + fix) when there is none."""
+    """The callable a `function` string names; Unresolved (message: why + fix) when there is none."""
     function = function.strip()
     if ":" not in function:
         if function in BUILTINS:
             return BUILTINS[function]
         near = difflib.get_close_matches(function, list(BUILTINS), n=1, cutoff=0.6)
         hint = f"did you mean '{near[0]}'? " if near else ""
-        raise _Unresolved(
+        raise Unresolved(
             f"'{function}' is not a built-in reward; {hint}built-ins: {', '.join(BUILTINS)}. Name your own as "
             "module:function or path/to/file.py:function."
         )
@@ -149,88 +141,12 @@ def resolve_function(function: str) -> Callable:
         own = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and not inspect.isclass(v)]
         near = difflib.get_close_matches(attr, own, n=1, cutoff=0.6)
         hint = f"did you mean '{target}:{near[0]}'?" if near else f"its functions: {', '.join(own) or 'none'}."
-        raise _Unresolved(f"'{target}' has no '{attr}'; {hint}")
+        raise Unresolved(f"'{target}' has no '{attr}'; {hint}")
     if inspect.isclass(fn) or not callable(fn):
-        raise _Unresolved(f"'{function}' is a {type(fn).__name__}, not a function; name a function.")
+        raise Unresolved(f"'{function}' is a {type(fn).__name__}, not a function; name a function.")
     if inspect.iscoroutinefunction(fn):
-        raise _Unresolved(f"'{function}' is async; rewards are called synchronously, so make it a plain `def`.")
+        raise Unresolved(f"'{function}' is async; rewards are called synchronously, so make it a plain `def`.")
     return fn
-
-
-def import_named(name: str, forms: str) -> tuple[types.ModuleType, str, str]:
-    """(module, module part, attribute part) of `module:attr` or `path/to/file.py:attr`; _Unresolved naming `forms`
-    when a part is missing or the module does not import. Shared by reward functions and workflow classes."""
-    target, _, attr = name.rpartition(":")
-    if not target or not attr:
-        raise _Unresolved(f"'{name}' needs both parts, {forms}.")
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
-    return (_import_file(target) if is_file else _import_module(target)), target, attr
-
-
-def _import_module(name: str) -> types.ModuleType:
-    try:
-        with _cwd_on_path():
-            return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name and (name == e.name or name.startswith(e.name + ".")):
-            raise _Unresolved(
-                f"no module named '{name}'; check the spelling, install it, or run from the directory that holds "
-                f"{name.split('.')[0]}.py (now {Path.cwd()}); a file path works too: path/to/file.py:function."
-            ) from None
-        raise _Unresolved(_import_failure(f"module '{name}'", e)) from None
-    except Exception as e:  # noqa: BLE001 - the user's module ran and raised: report it, whatever it was
-        raise _Unresolved(_import_failure(f"module '{name}'", e)) from None
-
-
-_FILE_MODULES: dict[tuple[str, int], types.ModuleType] = {}
-
-
-def _import_file(target: str) -> types.ModuleType:
-    path = Path(target).expanduser()
-    full = (path if path.is_absolute() else Path.cwd() / path).resolve()
-    if not full.is_file():
-        raise _Unresolved(
-            f"no such file '{target}' (looked for {full}); paths are relative to the directory you run from."
-        )
-    cache_key = (str(full), full.stat().st_mtime_ns)
-    if cache_key in _FILE_MODULES:  # check_rewards then build_rewards: run the file once
-        return _FILE_MODULES[cache_key]
-    stem = re.sub(r"\W", "_", full.stem)
-    name = f"fai_rl_user_rewards.{stem}_{hashlib.sha1(str(full).encode()).hexdigest()[:8]}"
-    spec = importlib.util.spec_from_file_location(name, full)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look the module up by name
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as e:  # noqa: BLE001 - SystemExit from a script-style file included
-        del sys.modules[name]
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        raise _Unresolved(_import_failure(f"'{target}'", e)) from None
-    _FILE_MODULES[cache_key] = module
-    return module
-
-
-@contextmanager
-def _cwd_on_path() -> Iterator[None]:
-    """Let `module:function` find modules in the current directory (last, so they never shadow installed ones)."""
-    cwd = str(Path.cwd())
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.append(cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
-
-
-def _import_failure(what: str, e: BaseException) -> str:
-    import traceback
-
-    frames = traceback.extract_tb(e.__traceback__)
-    at = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-    return f"importing {what} raised {type(e).__name__}: {e}{at}; fix that file so it imports."
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """From `workflow.type` to a workflow object: built-ins by name, your own class as `module:Class`.
 
-Resolution reuses the rewards plug-in importer (fai_rl.rewards.loader), so `module:Class` and
+Resolution uses fai_rl.imports, the importer of reward plug-ins too, so `module:Class` and
 `path/to/file.py:Class` behave exactly as `module:function` rewards do: found relative to the directory you run from,
 and every failure is one message naming `workflow.type`, the value and the fix, reported at recipe load (through
 fai_rl.backends.check_dispatch) before any model loads.
@@ -13,29 +13,29 @@ from collections.abc import Callable
 
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
-from fai_rl.rewards.loader import _Unresolved, import_named
+from fai_rl.imports import Unresolved, import_named
 from fai_rl.workflows.solver_judge import SingleWorkflow, SolverJudgeWorkflow
 
 BUILTIN_WORKFLOWS: dict[str, type] = {"single": SingleWorkflow, "solver_judge": SolverJudgeWorkflow}
 
 
 def resolve_workflow_class(name: str) -> type:
-    """The class `workflow.type` names; _Unresolved (why + fix) when there is none."""
+    """The class `workflow.type` names; Unresolved (why + fix) when there is none."""
     name = name.strip()
     if name in BUILTIN_WORKFLOWS:
         return BUILTIN_WORKFLOWS[name]
     if ":" not in name:
-        raise _Unresolved(f"'{name}' is not a built-in workflow (single, solver_judge) nor module:Class.")
+        raise Unresolved(f"'{name}' is not a built-in workflow (single, solver_judge) nor module:Class.")
     module, target, attr = import_named(name, "module:Class or path/to/file.py:Class")
     cls = getattr(module, attr, None)
     if cls is None:
         own = [k for k, v in vars(module).items()
                if inspect.isclass(v) and v.__module__ == module.__name__ and not k.startswith("_")]
-        raise _Unresolved(f"'{target}' has no '{attr}'; its classes: {', '.join(own) or 'none'}.")
+        raise Unresolved(f"'{target}' has no '{attr}'; its classes: {', '.join(own) or 'none'}.")
     if not inspect.isclass(cls):
-        raise _Unresolved(f"'{name}' is a {type(cls).__name__}, not a class; name a class with a run(row, sampler).")
+        raise Unresolved(f"'{name}' is a {type(cls).__name__}, not a class; name a class with a run(row, sampler).")
     if not callable(getattr(cls, "run", None)) and not callable(getattr(cls, "run_batch", None)):
-        raise _Unresolved(f"'{name}' has no run(row, sampler) method; a workflow returns an episode from a task row.")
+        raise Unresolved(f"'{name}' has no run(row, sampler) method; a workflow returns an episode from a task row.")
     return cls
 
 
@@ -45,7 +45,7 @@ def check_workflow(recipe: Recipe) -> list[tuple[str, str]]:
         return []
     try:
         resolve_workflow_class(recipe.workflow.type)
-    except _Unresolved as e:
+    except Unresolved as e:
         return [("workflow.type", str(e))]
     return []
 
@@ -54,7 +54,7 @@ def build_workflow(recipe: Recipe, score: Callable[[list[dict], list[str]], list
     """The recipe's workflow object, constructed with its config, the reward scorer and the prompt length limit."""
     try:
         cls = resolve_workflow_class(recipe.workflow.type)
-    except _Unresolved as e:
+    except Unresolved as e:
         raise RecipeError(f"workflow.type: {e}") from None
     kwargs = dict(recipe.workflow.kwargs) if cls not in BUILTIN_WORKFLOWS.values() else {}
     try:
