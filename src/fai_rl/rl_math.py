@@ -2,13 +2,16 @@
 
 The formulas are the ones TRL applies on the local backend (GRPOTrainer's group advantages, DPOTrainer's losses,
 GSPO's sequence-level ratio), written here on plain tensors so the Tinker backend computes the same objectives and the
-tests can check them against numbers worked out by hand.
+tests can check them against numbers worked out by hand. The local PPO driver's maths (GAE, whitening, the clipped
+policy and value losses; TRL has no PPO any more) sit at the end, for the same reasons.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from fai_rl.stats import pass_at_k  # noqa: F401 - kept importable from here (workflows and tests used it from here)
 
 
 def group_advantages(rewards_n: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
@@ -156,10 +159,119 @@ def token_policy_loss(
     return loss, {"clip_ratio": clipped / max(1, tokens)}
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021): 1 - C(n-c, k) / C(n, k)."""
-    import math
+# --------------------------------------------------------------------------------------------------------------------
+# PPO (fai_rl.backends.local.ppo): GAE, whitening, the per-token KL penalty, the clipped policy and value losses.
+# Small pure functions on tensors. Masks are 1.0 on real completion tokens, 0.0 on padding after EOS.
 
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+def masked_mean(x_bt: torch.Tensor, mask_bt: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the positions where mask is 1."""
+    return (x_bt * mask_bt).sum() / mask_bt.sum().clamp(min=1)
+
+
+def masked_whiten(x_bt: torch.Tensor, mask_bt: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """x normalised to zero mean and unit variance over the masked positions (padding stays 0)."""
+    mean = masked_mean(x_bt, mask_bt)
+    var = masked_mean((x_bt - mean) ** 2, mask_bt)
+    whitened = (x_bt - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask_bt
+
+
+def compute_gae(
+    rewards_bt: torch.Tensor, values_bt: torch.Tensor, mask_bt: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and returns (advantages + values).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t and A_t = delta_t + gamma * lam * A_{t+1}, with V and A zero after the last
+    real token (the episode ends at EOS or at max_completion_length). The mask is a prefix: padding only at the end.
+    """
+    rewards_bt, values_bt = rewards_bt * mask_bt, values_bt * mask_bt
+    advantages_bt = torch.zeros_like(rewards_bt)
+    next_value_b = torch.zeros_like(rewards_bt[:, 0])
+    next_advantage_b = torch.zeros_like(rewards_bt[:, 0])
+    for t in reversed(range(rewards_bt.shape[1])):
+        delta_b = rewards_bt[:, t] + gamma * next_value_b - values_bt[:, t]
+        next_advantage_b = delta_b + gamma * lam * next_advantage_b
+        advantages_bt[:, t] = next_advantage_b
+        next_value_b = values_bt[:, t]
+    advantages_bt = advantages_bt * mask_bt
+    return advantages_bt, (advantages_bt + values_bt) * mask_bt
+
+
+def per_token_rewards(
+    score_b: torch.Tensor,
+    logprobs_bt: torch.Tensor,
+    ref_logprobs_bt: torch.Tensor,
+    mask_bt: torch.Tensor,
+    kl_coef: float,
+) -> torch.Tensor:
+    """-kl_coef * (logprob - ref_logprob) on every real token, plus the sequence score on the last real token."""
+    rewards_bt = -kl_coef * (logprobs_bt - ref_logprobs_bt) * mask_bt
+    last_b = mask_bt.sum(dim=1).long().clamp(min=1) - 1
+    rewards_bt[torch.arange(len(score_b)), last_b] += score_b
+    return rewards_bt
+
+
+def policy_loss(
+    new_logprobs_bt: torch.Tensor,
+    old_logprobs_bt: torch.Tensor,
+    advantages_bt: torch.Tensor,
+    mask_bt: torch.Tensor,
+    cliprange: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate: mean of max(-A r, -A clip(r, 1 - c, 1 + c)); also the clipped fraction and approx KL.
+
+    approx_kl is 0.5 * mean(log r ** 2), the estimate Huang et al. 2024 log to watch how far an update strays.
+    """
+    log_ratio_bt = new_logprobs_bt - old_logprobs_bt
+    ratio_bt = torch.exp(log_ratio_bt)
+    unclipped_bt = -advantages_bt * ratio_bt
+    clipped_bt = -advantages_bt * torch.clamp(ratio_bt, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped_bt, clipped_bt), mask_bt)
+    clipfrac = masked_mean((clipped_bt > unclipped_bt).float(), mask_bt)
+    approx_kl = 0.5 * masked_mean(log_ratio_bt.detach() ** 2, mask_bt)
+    return loss, clipfrac.detach(), approx_kl
+
+
+def value_loss(
+    new_values_bt: torch.Tensor,
+    old_values_bt: torch.Tensor,
+    returns_bt: torch.Tensor,
+    mask_bt: torch.Tensor,
+    cliprange_value: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * mean(max((V - R)^2, (V_clip - R)^2)), V_clip kept within cliprange_value of the old V; and clipfrac."""
+    clipped_bt = old_values_bt + torch.clamp(new_values_bt - old_values_bt, -cliprange_value, cliprange_value)
+    unclipped_err_bt = (new_values_bt - returns_bt) ** 2
+    clipped_err_bt = (clipped_bt - returns_bt) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_err_bt, clipped_err_bt), mask_bt)
+    clipfrac = masked_mean((clipped_err_bt > unclipped_err_bt).float(), mask_bt)
+    return loss, clipfrac.detach()
+
+
+def explained_variance(values_bt: torch.Tensor, returns_bt: torch.Tensor, mask_bt: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns): how much of the returns the critic predicts (1 best, <= 0 useless).
+
+    The value loss alone also tracks how noisy the returns are (with 0/1 rewards it grows with p(1 - p) as the
+    reward rises), so this is the number that says whether the critic is learning.
+    """
+    def var(x_bt):
+        return masked_mean((x_bt - masked_mean(x_bt, mask_bt)) ** 2, mask_bt)
+
+    return 1 - var(returns_bt - values_bt) / var(returns_bt).clamp(min=1e-8)
+
+
+def token_logprobs(logits_btv: torch.Tensor, tokens_bt: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p(token) under softmax(logits / temperature), as the picked logit minus logsumexp (no log-softmax kept)."""
+    logits_btv = logits_btv.float() / temperature
+    picked_bt = logits_btv.gather(-1, tokens_bt.unsqueeze(-1)).squeeze(-1)
+    return picked_bt - torch.logsumexp(logits_btv, dim=-1)
+
+
+def entropy(logits_btv: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of softmax(logits)."""
+    logits_btv = logits_btv.float()
+    probs_btv = torch.softmax(logits_btv, dim=-1)
+    return torch.logsumexp(logits_btv, dim=-1) - (probs_btv * logits_btv).sum(-1)

@@ -2,8 +2,8 @@
 
 pass@k follows Chen et al. 2021 ("Evaluating Large Language Models Trained on Code", eq. 1): with n samples of a
 prompt of which c are correct, pass@k = 1 - C(n-c, k) / C(n, k), the chance that k of the n samples drawn without
-replacement include a correct one; averaged over prompts. It is computed as the paper's numerically stable product
-1 - prod_{i=n-c+1..n} (1 - k/i). pass@1 is then c/n: the mean correctness of all samples.
+replacement include a correct one; averaged over prompts. The estimator itself is fai_rl.stats.pass_at_k, shared with
+the workflows' eval metrics. pass@1 is then c/n: the mean correctness of all samples.
 
 exact_match and numeric call the built-in rewards of the same name (fai_rl.rewards.text), so a metric here and a
 reward in training judge an answer the same way.
@@ -14,23 +14,12 @@ from __future__ import annotations
 import re
 
 from fai_rl.rewards.text import exact_match, math_answer
+from fai_rl.stats import pass_at_k
 
 # Metric name in a recipe -> what scores one completion against a reference (1.0 right, 0.0 wrong).
 GENERATE_METRICS = ("exact_match", "numeric")
 MULTIPLE_CHOICE_METRICS = ("accuracy",)
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one prompt with n samples, c of them correct (k <= n)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:  # every draw of k contains a correct sample
-        return 1.0
-    out = 1.0
-    for i in range(n - c + 1, n + 1):
-        out *= 1.0 - k / i
-    return 1.0 - out
 
 
 def mean_pass_at_k(counts: list[tuple[int, int]], k: int) -> float:
