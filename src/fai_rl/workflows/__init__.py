@@ -7,7 +7,7 @@ training loops are fai_rl.backends.local.workflow and fai_rl.backends.tinker.wor
 """
 
 from fai_rl.workflows.base import Completion, Episode, Sampler, Step, Trajectory, Workflow, render_chat, run_workflow
-from fai_rl.workflows.evaluate import evaluate_recipe, evaluate_workflow, summarize_episodes
+from fai_rl.workflows.evaluate import evaluate_workflow, summarize_episodes
 from fai_rl.workflows.grouping import ScoredStep, step_advantages
 from fai_rl.workflows.loader import (
     BUILTIN_WORKFLOWS,
@@ -16,6 +16,7 @@ from fai_rl.workflows.loader import (
     resolve_workflow_class,
     reward_scorer,
 )
+from fai_rl.workflows.recipe_eval import evaluate_recipe
 from fai_rl.workflows.solver_judge import SingleWorkflow, SolverJudgeWorkflow, parse_pick
 
 __all__ = [

@@ -54,9 +54,8 @@ def describe_workflow(recipe: Recipe, tokenizer, train: list[dict], evaluation: 
     """What --dry-run shows of a workflow run: sizes, the solver prompt and the judge prompt as rendered, rewards."""
     from fai_rl.rewards import preview_rewards
     from fai_rl.workflows.base import render_chat
-    from fai_rl.workflows.solver_judge import SolverJudgeWorkflow
-
     from fai_rl.workflows.loop import tasks_per_step
+    from fai_rl.workflows.solver_judge import SolverJudgeWorkflow
 
     w, t = recipe.workflow, recipe.training
     tasks = tasks_per_step(recipe)

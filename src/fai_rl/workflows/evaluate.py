@@ -1,14 +1,17 @@
 """Evaluating a workflow: pass@1 and pass@k of the solver alone and of solver + judge, and the judge's accuracy.
 
 Each task row is run `episodes` times. The solver alone: every solver trajectory is one sample (c correct out of n
-per task), pass@k by the unbiased estimator 1 - C(n-c, k) / C(n, k) (fai_rl.rl_math.pass_at_k), averaged over tasks.
+per task), pass@k by the unbiased estimator 1 - C(n-c, k) / C(n, k) (fai_rl.stats.pass_at_k), averaged over tasks.
 Solver + judge: the answer of an episode is the solution its judge picked, so each episode is one sample.
 judge_accuracy counts only the episodes where the judge could be right (at least one correct candidate);
 judge_accuracy_mixed only those with both right and wrong candidates, where picking is a real choice.
+
+This module only runs and counts; evaluate_recipe, which builds everything from a recipe, is in recipe_eval.
 """
 
 from __future__ import annotations
 
+from fai_rl.stats import pass_at_k
 from fai_rl.workflows.base import Episode, Sampler, run_workflow
 
 
@@ -27,8 +30,6 @@ def evaluate_workflow(workflow, sampler: Sampler, rows: list[dict], k: int = 4, 
 
 def summarize_episodes(by_task: list[list[Episode]], k: int) -> dict[str, float]:
     """The metrics of evaluate_workflow from episodes already run, grouped by task."""
-    from fai_rl.rl_math import pass_at_k  # torch: imported on use
-
     out: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
@@ -57,23 +58,3 @@ def summarize_episodes(by_task: list[list[Episode]], k: int) -> dict[str, float]
             for t in e.trajectories:
                 add(f"reward/{t.name}", t.reward)
     return {key: sum(values) / len(values) for key, values in out.items()}
-
-
-def evaluate_recipe(recipe, model, tokenizer, rows: list[dict] | None = None, k: int | None = None) -> dict[str, float]:
-    """evaluate_workflow for a recipe's workflow (and rewards) on a local model: the one call an eval command needs.
-
-    rows default to the recipe's held-out tasks (data.eval_datasets / eval_split_ratio); k to
-    training.num_generations_eval, else num_generations; sampling follows the recipe's training.temperature, top_p
-    and max_completion_length. workflow.type single gives the plain policy's pass@k.
-    """
-    from fai_rl.rewards import build_rewards
-    from fai_rl.workflows.data import load_workflow_rows
-    from fai_rl.workflows.loader import build_workflow, reward_scorer
-    from fai_rl.workflows.samplers import LocalSampler
-
-    t = recipe.training
-    workflow = build_workflow(recipe, reward_scorer(build_rewards(recipe)))
-    rows = load_workflow_rows(recipe)[1] if rows is None else rows
-    sampler = LocalSampler(model, tokenizer, max_tokens=t.max_completion_length, temperature=t.temperature,
-                           top_p=t.top_p)
-    return evaluate_workflow(workflow, sampler, rows, k or t.num_generations_eval or t.num_generations)
