@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback, TrainingArguments
 
+from fai_rl.algorithms import spec_of
 from fai_rl.artifacts import RunDir, checkpoints
 from fai_rl.config.deepspeed import resolve_deepspeed_config
 from fai_rl.config.schema import Recipe
@@ -74,7 +75,7 @@ def start_cpu_processes() -> bool:
 def resolved_performance(recipe: Recipe) -> dict:
     """The speed settings this machine resolves the recipe's null ("auto") values to; logged at the start of a run."""
     perf = {"gradient_checkpointing": use_gradient_checkpointing(recipe), "use_liger_kernel": use_liger_kernel(recipe)}
-    if recipe.training.algorithm in ("grpo", "gspo"):
+    if spec_of(recipe.training.algorithm).samples_groups:  # TRL's GRPO generation (PPO's loop has its own)
         perf["fast_generation"] = use_fast_generation(recipe) and not recipe.training.use_vllm
     return perf
 
@@ -155,7 +156,7 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
         "dataloader_drop_last": t.dataloader_drop_last,
         # SFT/DPO rows are already model inputs and TRL's collators pick their keys by name, so either value trains
         # the same; GRPO/GSPO reward functions read the other columns (answer), so those keep every column
-        "remove_unused_columns": recipe.data.remove_unused_columns and t.algorithm not in ("grpo", "gspo"),
+        "remove_unused_columns": recipe.data.remove_unused_columns and not spec_of(t.algorithm).samples_groups,
         "disable_tqdm": True,  # metrics.jsonl and the log lines below say the same, one line per logging step
     }
 

@@ -4,7 +4,7 @@ GRPO (Shao et al., 2024, DeepSeekMath): sample `num_generations` completions per
 reward functions, and use each completion's reward relative to its group as the advantage of a clipped policy-gradient
 objective; no value model. GSPO (Zheng et al., 2025, Group Sequence Policy Optimization) is the same loop with the
 importance ratio taken per sequence (length-normalised) instead of per token, and much tighter clipping. Here
-`training.algorithm: gspo` is this module with the paper's defaults filled in by the schema (ALGORITHM_DEFAULTS:
+`training.algorithm: gspo` is this module with the paper's defaults filled in from its registry spec (fai_rl.algorithms, gspo's defaults:
 importance_sampling_level sequence, loss_type grpo, beta 0, epsilon 3e-4 / 4e-4), each overridable: one code path.
 
 Departures from the papers are TRL's: "dapo" token-level loss normalisation by default for GRPO, and no KL term unless

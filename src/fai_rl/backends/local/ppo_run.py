@@ -339,7 +339,7 @@ class PPORun:
         _save_rng(staging, acc.process_index)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            state = {"global_step": step, "max_steps": self.max_steps, "algorithm": "ppo",
+            state = {"global_step": step, "max_steps": self.max_steps, "algorithm": self.recipe.training.algorithm,
                      "critic": critic_name(self.recipe)}
             (staging / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
             shutil.rmtree(final, ignore_errors=True)
