@@ -33,12 +33,12 @@ def main() -> None:
     import tinker
     from tinker_harness.server import TinkerServer
 
-    from fai_rl.backends.tinker.common import batches
     from fai_rl.backends.tinker.sft import to_datum
     from fai_rl.cli.train import main as train
     from fai_rl.config import load_recipe
     from fai_rl.data.prepare import prepare_sft_data
     from fai_rl.models.load import load_tokenizer
+    from fai_rl.schedule import Schedule
 
     recipe_path = ROOT / "recipes" / "quickstart" / "sft.yaml"
     out = Path(tempfile.mkdtemp(prefix="tinker-overhead-"))
@@ -53,7 +53,8 @@ def main() -> None:
         os.environ["TINKER_API_KEY"] = server.api_key
         sc = tinker.ServiceClient(base_url=server.base_url)
         tc = sc.create_lora_training_client(base_model=server.base_model, rank=8).result(timeout=600)
-        data = [[to_datum(tinker, e) for e in ex] for _, ex in batches(examples, args.batch, 42, 0, args.steps)]
+        s = Schedule(recipe, len(examples))  # the run's own step order (recipe: per_device = args.batch)
+        data = [[to_datum(tinker, examples[i]) for i in s.rows(k)] for k in range(args.steps)]
         bare = []
         for batch in data:
             began = time.time()

@@ -26,10 +26,7 @@ LR_SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
     "reduce_lr_on_plateau",
-    "cosine_with_min_lr",
-    "cosine_warmup_with_min_lr",
-    "warmup_stable_decay",
-)
+)  # not offered: cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay (need arguments no key carries)
 DPO_LOSSES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
     "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",

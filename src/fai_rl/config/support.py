@@ -68,15 +68,6 @@ def _low_cpu_mem_false(r: Recipe) -> str | None:
             "transformers >= 5 always loads without a second copy of the weights; false has no effect")
 
 
-def _tinker_ratio_level(r: Recipe) -> str | None:
-    t = r.training
-    if t.backend != "tinker":
-        return None
-    fixed = "sequence" if spec_of(t.algorithm).sequence_ratios else "token"
-    return None if t.importance_sampling_level in (None, fixed) else (
-        f"the Tinker backend uses {fixed}-level ratios for {t.algorithm}; set training.algorithm=gspo for sequence")
-
-
 def _local(*algorithms: str, **kw) -> Support:
     return Support(algorithms=algorithms or ALL, backends=("local",), **kw)
 
@@ -219,8 +210,8 @@ KEYS: dict[str, Support] = {
     "training.epsilon": _fai(*RL, maps_to="GRPOConfig.epsilon"),
     "training.epsilon_high": _fai(*RL, maps_to="GRPOConfig.epsilon_high"),
     "training.loss_type": Support(algorithms=RL, maps_to="GRPOConfig.loss_type"),
-    "training.importance_sampling_level": _fai(*RL, maps_to="GRPOConfig.importance_sampling_level",
-                                               inert_when=_tinker_ratio_level),
+    "training.importance_sampling_level": _fai(*RL, maps_to="GRPOConfig.importance_sampling_level / the Tinker "
+                                               "loss's token or sequence ratio"),
     "training.scale_rewards": Support(algorithms=RL, maps_to="GRPOConfig.scale_rewards"),
     "training.num_iterations": Support(algorithms=RL, maps_to="GRPOConfig.num_iterations"),
     "training.steps_per_generation": _fai(*RL, backends=("local",), maps_to="GRPOConfig.steps_per_generation"),
