@@ -27,9 +27,9 @@ def test_defaults_fill_keys_that_are_null_in_the_schema():
 
 
 def test_groups_and_an_unknown_name():
-    assert algorithm_names(samples_groups=True) == ("grpo", "gspo")
-    assert algorithm_names(samples=True) == ("ppo", "grpo", "gspo")  # registry order (support.SAMPLING: GRPO first)
-    assert algorithm_names(rollout_loop=False) == ("sft", "cpt", "dpo", "grpo", "gspo")
+    assert algorithm_names(samples_groups=True) == ("grpo", "gspo", "rloo")
+    assert algorithm_names(samples=True) == ("ppo", "grpo", "gspo", "rloo")  # registry order (SAMPLING: GRPO first)
+    assert algorithm_names(rollout_loop=False) == ("sft", "cpt", "dpo", "grpo", "gspo", "rloo")
     assert [n for n, s in REGISTRY.items() if s.sequences_per_row == 2] == ["dpo"]
     with pytest.raises(TypeError, match="no sampels"):
         algorithm_names(sampels=True)

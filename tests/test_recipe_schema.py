@@ -12,6 +12,7 @@ import pytest
 import transformers
 import yaml
 
+from fai_rl.algorithms import spec_of
 from fai_rl.config import load_recipe, recipe_to_yaml
 from fai_rl.config.docs import render
 from fai_rl.config.load import parse_key_path, redact
@@ -108,7 +109,7 @@ training:
     found = problems(path, ["training.seed=abc"])
     joined = "\n".join(found)
     assert len(found) == 6, joined
-    assert f"{path}:8: training.algorithm: 'sfft' is not one of sft|cpt|dpo|ppo|grpo|gspo; did you mean 'sft'?" in found
+    assert f"{path}:8: training.algorithm: 'sfft' is not one of sft|cpt|dpo|ppo|grpo|gspo|rloo; did you mean 'sft'?" in found
     assert f"{path}:9: training.max_steps: 1.5 (float) is not valid; expected a whole number, e.g. 8." in found
     assert f"{path}:10: training.lerning_rate: unknown key; did you mean training.learning_rate?" in found
     assert "command line: training.seed: 'abc' (str) is not valid; expected a whole number, e.g. 8." in found
@@ -174,7 +175,7 @@ def test_every_algorithm_has_a_trainer_on_every_backend_and_a_missing_pair_is_a_
     assert set(TRAINERS) == {(b, a) for b in BACKENDS for a in ALGORITHMS}
     for (backend, algorithm), module in TRAINERS.items():  # a pair the schema allows, and a module that imports
         assert callable(importlib.import_module(module).train)
-        rewards = ["rewards[0].function=exact_match"] if algorithm in ("grpo", "gspo", "ppo") else []
+        rewards = ["rewards[0].function=exact_match"] if spec_of(algorithm).samples else []
         load_recipe(write_recipe(BASE), [f"training.backend={backend}", f"training.algorithm={algorithm}", *rewards],
                     extra_rules=[check_dispatch])
     monkeypatch.delitem(TRAINERS, ("tinker", "sft"))

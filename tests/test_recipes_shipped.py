@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from fai_rl.algorithms import spec_of
 from fai_rl.backends import check_dispatch
 from fai_rl.cli.train import main
 from fai_rl.config import load_recipe
@@ -34,9 +35,10 @@ def test_quickstart_recipe_dry_runs_offline(path: Path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "recipe OK" in out and "dry run: nothing trained." in out
     algorithm = load_recipe(path).training.algorithm
-    shown = {"sft": "[[", "dpo": "--- pair 1", "grpo": "--- prompt 1", "gspo": "--- prompt 1", "ppo": "prompt"}
+    shown = {"sft": "[[", "dpo": "--- pair 1", "grpo": "--- prompt 1", "gspo": "--- prompt 1", "rloo": "--- prompt 1",
+             "ppo": "prompt"}
     assert shown[algorithm] in out  # the examples as the algorithm will see them
-    if algorithm in ("grpo", "gspo", "ppo"):
+    if spec_of(algorithm).samples:
         assert "exact_match" in out  # the rewards scored on a few rows
     assert not (tmp_path / "run").exists()
 

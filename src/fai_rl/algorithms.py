@@ -20,6 +20,10 @@ Family = Literal["supervised", "preference", "rl"]
 # What one training row is: "rows" prompt/reply or chat rows (SFT), "text" raw documents packed into blocks (CPT),
 # "pairs" a prompt with a chosen and a rejected reply (DPO), "prompts" prompts whose completions are sampled (RL).
 DataKind = Literal["rows", "text", "pairs", "prompts"]
+# How a group-sampling algorithm turns a group's rewards into advantages: "group" reward minus the group mean, divided
+# by the std training.scale_rewards names (GRPO); "leave_one_out" reward minus the mean of the group's other rewards
+# (RLOO). Each backend maps it onto its trainer / estimator (TRL's GRPOTrainer / RLOOTrainer; fai_rl.rl_math).
+Advantage = Literal["group", "leave_one_out"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class AlgorithmSpec:
     # Samples a group of completions per prompt and compares them (GRPO family): num_generations, group advantages,
     # vLLM, the workflow loops, and FAI-RL's GRPO meanings (data.max_prompt_length, its default rewards).
     samples_groups: bool = False
+    advantage: Advantage = "group"  # samples_groups only: the group advantage estimator (see Advantage)
     sequence_ratios: bool = False  # importance ratios per sequence, not per token (GSPO)
     has_critic: bool = False  # a value model (model.value_model_name) beside the policy (PPO)
     # Trained rollout by rollout, num_ppo_epochs over num_mini_batches optimizer steps each (PPO); on the local backend
@@ -103,6 +108,12 @@ REGISTRY: dict[str, AlgorithmSpec] = {s.name: s for s in (
                   "importance_sampling_level": "sequence"},
         modules=_modules("grpo", "grpo"), workflow_modules=_modules("workflow", "workflow"), samples_groups=True,
         sequence_ratios=True,
+    ),
+    AlgorithmSpec(  # GRPO's sampling and clipped update with the leave-one-out baseline: the GRPO modules
+        "rloo", "REINFORCE leave-one-out: each sample's reward minus the mean of its group's others (Ahmadian et al., "
+        "2024)",
+        "RLOO (REINFORCE leave-one-out)", family="rl", data="prompts", defaults={"beta": 0.0, "epsilon": 0.2},
+        modules=_modules("grpo", "grpo"), samples_groups=True, advantage="leave_one_out",
     ),
 )}
 

@@ -35,6 +35,19 @@ def group_advantages(rewards_n: torch.Tensor, group_size: int, scale: str = "gro
     return (centred_gk / (std_gk + 1e-4)).reshape(-1)
 
 
+def leave_one_out_advantages(rewards_n: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO advantages (Ahmadian et al., 2024): each reward minus the mean of the other `group_size - 1` rewards of
+    its group, r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean_j r_j); unscaled, as TRL's RLOOTrainer by default.
+
+    `rewards_n` holds consecutive groups of `group_size` (at least 2) completions of the same prompt.
+    """
+    if group_size < 2 or rewards_n.numel() % group_size:
+        raise ValueError(f"{rewards_n.numel()} rewards do not split into groups of {group_size} (at least 2)")
+    grouped_gk = rewards_n.view(-1, group_size).float()
+    others_gk = (grouped_gk.sum(dim=1, keepdim=True) - grouped_gk) / (group_size - 1)
+    return (grouped_gk - others_gk).reshape(-1)
+
+
 def dpo_losses(
     chosen_logps_b: torch.Tensor,
     rejected_logps_b: torch.Tensor,

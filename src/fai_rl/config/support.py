@@ -22,8 +22,10 @@ from fai_rl.config.schema import ALGORITHMS, BACKENDS, Recipe
 # Groups of algorithms, asked of the registry (fai_rl.algorithms); rows naming one algorithm name its own keys.
 ALL = ALGORITHMS
 HF_TRAINER = algorithm_names(rollout_loop=False)  # trained through HF Trainer / TRL (PPO is a loop written here)
-RL = algorithm_names(samples_groups=True)  # GRPO and its variants
-# sample completions and learn from rewards; the GRPO family first, as the docs and messages have always listed them
+RL = algorithm_names(samples_groups=True)  # GRPO and its variants, RLOO
+# GRPO's own objective keys (loss_type, importance_sampling_level, scale_rewards): TRL's RLOOConfig has none of them
+GROUP_NORMALISED = algorithm_names(samples_groups=True, advantage="group")
+# sample completions and learn from rewards; the group-sampling ones first, as the docs and messages have always listed them
 SAMPLING = (*RL, *(n for n in algorithm_names(samples=True) if n not in RL))
 
 
@@ -116,7 +118,7 @@ KEYS: dict[str, Support] = {
     "data.eval_datasets": Support(maps_to="held-out rows (eval_loss / eval_reward)"),
     "data.eval_split_ratio": Support(maps_to="held-out share of the training rows"),
     "data.max_length": _fai(maps_to="SFTConfig/DPOConfig.max_length; prompt length bound of RL sampling"),
-    "data.system_prompt": _fai("sft", "dpo", "grpo", "gspo", "ppo", inert_when=_templated_prompts,
+    "data.system_prompt": _fai("sft", "dpo", *SAMPLING, inert_when=_templated_prompts,
                                maps_to="a system message; with dataset_columns (SFT) FAI-RL's str.format template"),
     "data.user_prompt": _fai("sft", maps_to="FAI-RL split mode: the user turn template (loss on the reply only)"),
     "data.assistant_prompt": _fai("sft", maps_to="FAI-RL split mode: the assistant turn template"),
@@ -133,12 +135,12 @@ KEYS: dict[str, Support] = {
     "data.datasets[].split": _fai(maps_to="load_dataset(split=...)"),
     "data.datasets[].subset": _fai(maps_to="load_dataset(name, subset)"),
     "data.datasets[].max_samples": Support(maps_to="the first N rows"),
-    "data.datasets[].prompt_column": _fai("sft", "dpo", "grpo", "gspo", "ppo", maps_to="the prompt text"),
-    "data.datasets[].answer_column": _fai("sft", "grpo", "gspo", "ppo",
+    "data.datasets[].prompt_column": _fai("sft", "dpo", *SAMPLING, maps_to="the prompt text"),
+    "data.datasets[].answer_column": _fai("sft", *SAMPLING,
                                           maps_to="SFT completion; the `answer` the rewards compare with"),
     "data.datasets[].chosen_column": _fai("dpo", maps_to="DPO chosen reply"),
     "data.datasets[].rejected_column": _fai("dpo", maps_to="DPO rejected reply"),
-    "data.datasets[].messages_column": Support(algorithms=("sft", "dpo", "grpo", "gspo", "ppo"),
+    "data.datasets[].messages_column": Support(algorithms=("sft", "dpo", *SAMPLING),
                                                maps_to="chat messages"),
     "data.datasets[].text_column": _fai("sft", "cpt", maps_to="plain text (CPT reads only this)"),
     "data.datasets[].dataset_columns": _fai("sft", maps_to="the columns filling FAI-RL's prompt templates"),
@@ -196,7 +198,7 @@ KEYS: dict[str, Support] = {
     "training.greater_is_better": _local(*HF_TRAINER, maps_to="TrainingArguments.greater_is_better"),
     "training.load_best_model_at_end": _local(*HF_TRAINER, maps_to="TrainingArguments.load_best_model_at_end"),
     # ---- training: per algorithm
-    "training.beta": _fai("dpo", "grpo", "gspo", maps_to="DPOConfig.beta / GRPOConfig.beta"),
+    "training.beta": _fai("dpo", *RL, maps_to="DPOConfig.beta / GRPOConfig.beta / RLOOConfig.beta"),
     "training.dpo_loss_type": Support(algorithms=("dpo",), maps_to="DPOConfig.loss_type"),
     "training.dpo_loss_weights": Support(algorithms=("dpo",), maps_to="DPOConfig.loss_weights"),
     "training.label_smoothing": Support(algorithms=("dpo",), maps_to="DPOConfig.label_smoothing"),
@@ -209,10 +211,10 @@ KEYS: dict[str, Support] = {
     "training.top_p": Support(algorithms=SAMPLING, maps_to="GRPOConfig.top_p"),
     "training.epsilon": _fai(*RL, maps_to="GRPOConfig.epsilon"),
     "training.epsilon_high": _fai(*RL, maps_to="GRPOConfig.epsilon_high"),
-    "training.loss_type": Support(algorithms=RL, maps_to="GRPOConfig.loss_type"),
-    "training.importance_sampling_level": _fai(*RL, maps_to="GRPOConfig.importance_sampling_level / the Tinker "
+    "training.loss_type": Support(algorithms=GROUP_NORMALISED, maps_to="GRPOConfig.loss_type"),
+    "training.importance_sampling_level": _fai(*GROUP_NORMALISED, maps_to="GRPOConfig.importance_sampling_level / the Tinker "
                                                "loss's token or sequence ratio"),
-    "training.scale_rewards": Support(algorithms=RL, maps_to="GRPOConfig.scale_rewards"),
+    "training.scale_rewards": Support(algorithms=GROUP_NORMALISED, maps_to="GRPOConfig.scale_rewards"),
     "training.num_iterations": Support(algorithms=RL, maps_to="GRPOConfig.num_iterations"),
     "training.steps_per_generation": _fai(*RL, backends=("local",), maps_to="GRPOConfig.steps_per_generation"),
     "training.mask_truncated_completions": _local(*RL, maps_to="GRPOConfig.mask_truncated_completions"),
@@ -239,7 +241,8 @@ KEYS: dict[str, Support] = {
     "wandb.api_key": _fai(maps_to="refused unless null: WANDB_API_KEY / `wandb login`"),
     # ---- rewards, Tinker, workflows
     "rewards": Support(algorithms=("sft", *SAMPLING), maps_to="reward functions (SFT: eval metrics of greedy replies)"),
-    "tinker.rl_loss": Support(algorithms=("grpo",), backends=("tinker",), maps_to="the service loss for GRPO"),
+    "tinker.rl_loss": Support(algorithms=algorithm_names(samples_groups=True, sequence_ratios=False),
+                              backends=("tinker",), maps_to="the service loss for GRPO / RLOO"),
     "tinker.ppo_baseline": Support(algorithms=("ppo",), backends=("tinker",), maps_to="PPO advantage baseline"),
     # ---- S3 (FAI-RL's s3: section)
     "s3.enabled": _fai(maps_to="upload checkpoints / final/ (boto3 or s5cmd)"),

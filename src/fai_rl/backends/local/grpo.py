@@ -1,4 +1,4 @@
-"""GRPO and GSPO on the local backend, through TRL's GRPOTrainer.
+"""GRPO, GSPO and RLOO on the local backend, through TRL's GRPOTrainer and RLOOTrainer.
 
 GRPO (Shao et al., 2024, DeepSeekMath): sample `num_generations` completions per prompt, score them with the recipe's
 reward functions, and use each completion's reward relative to its group as the advantage of a clipped policy-gradient
@@ -6,6 +6,10 @@ objective; no value model. GSPO (Zheng et al., 2025, Group Sequence Policy Optim
 importance ratio taken per sequence (length-normalised) instead of per token, and much tighter clipping. Here
 `training.algorithm: gspo` is this module with the paper's defaults filled in from its registry spec (fai_rl.algorithms, gspo's defaults:
 importance_sampling_level sequence, loss_type grpo, beta 0, epsilon 3e-4 / 4e-4), each overridable: one code path.
+RLOO (Ahmadian et al., 2024, Back to Basics: REINFORCE-style optimization) samples and updates the same way but takes
+as a completion's baseline the mean reward of the other completions of its prompt, unscaled; TRL's RLOOTrainer (same
+constructor) runs it, picked by the spec's `advantage`. Departing from the paper's plain REINFORCE, TRL clips the
+ratio (epsilon) and subtracts the KL (beta, 0 by default here, 0.05 in TRL) from the reward rather than the loss.
 
 Departures from the papers are TRL's: "dapo" token-level loss normalisation by default for GRPO, and no KL term unless
 `training.beta` > 0 (then the reference is the adapter-disabled policy under LoRA, a frozen copy otherwise).
@@ -17,9 +21,11 @@ sampler and the objective are TRL's, unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
+from fai_rl.algorithms import spec_of
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.local.common import (
     check_precision,
@@ -87,9 +93,17 @@ def _render(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
 
+# TRL's (config, trainer) class names for each group advantage estimator (AlgorithmSpec.advantage).
+TRAINERS = {"group": ("GRPOConfig", "GRPOTrainer"), "leave_one_out": ("RLOOConfig", "RLOOTrainer")}
+
+
 def _objective(recipe: Recipe) -> str:
     t = recipe.training
     high = t.epsilon_high if t.epsilon_high is not None else t.epsilon
+    if spec_of(t.algorithm).advantage == "leave_one_out":
+        return (f"{t.algorithm}: leave-one-out advantages (reward minus the mean of the group's other "
+                f"{t.num_generations - 1}), token-level ratios clipped to [1-{t.epsilon}, 1+{high}], KL beta {t.beta} "
+                "in the reward")
     return (
         f"{t.algorithm}: {t.importance_sampling_level}-level ratios clipped to [1-{t.epsilon}, 1+{high}], "
         f"loss_type {t.loss_type}, advantages scaled by {t.scale_rewards} std, KL beta {t.beta}"
@@ -97,16 +111,18 @@ def _objective(recipe: Recipe) -> str:
 
 
 def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir, callbacks: list | None = None) -> dict | None:
-    """Train with GRPOTrainer (evaluating held-out reward before and after); summary on the main process."""
+    """Train with GRPOTrainer or RLOOTrainer (evaluating held-out reward before and after); summary on the main
+    process."""
+    import trl
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+
+    config_class, trainer_class = (getattr(trl, n) for n in TRAINERS[spec_of(recipe.training.algorithm).advantage])
 
     quiet_progress_bars()
     t = recipe.training
     has_eval = bool(prepared.eval)
     print(f"objective: {_objective(recipe)}", flush=True)
-    args = GRPOConfig(
-        **trainer_arguments(recipe, has_eval, count_input_tokens=False),  # TRL logs num_tokens itself
+    arguments = dict(
         num_generations=t.num_generations,
         num_generations_eval=t.num_generations_eval,
         max_completion_length=t.max_completion_length,
@@ -125,7 +141,14 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir, callbacks: list |
         vllm_mode=t.vllm_mode,
         reward_weights=[fn.weight for fn in prepared.rewards],
     )
-    trainer = GRPOTrainer(
+    # RLOOConfig has no loss_type / importance_sampling_level / scale_rewards: the key-support table
+    # (fai_rl.config.support) refuses them in an rloo recipe, so what is dropped here is a default nobody set.
+    accepted = {f.name for f in dataclasses.fields(config_class)}
+    args = config_class(
+        **trainer_arguments(recipe, has_eval, count_input_tokens=False),  # TRL logs num_tokens itself
+        **{k: v for k, v in arguments.items() if k in accepted},
+    )
+    trainer = trainer_class(
         model=load_causal_lm(recipe.model),
         reward_funcs=prepared.rewards,
         args=args,

@@ -1,4 +1,4 @@
-"""GRPO and GSPO on the Tinker backend: sample groups on the service, score here, update with a policy-gradient loss.
+"""GRPO, GSPO and RLOO on the Tinker backend: sample groups on the service, score here, update by policy gradient.
 
 GRPO (Shao et al., 2024): `num_generations` completions per prompt, advantage = reward minus the group mean, divided
 by the group's (or batch's) std as `training.scale_rewards` says (fai_rl.rl_math.group_advantages, TRL's formula).
@@ -8,7 +8,9 @@ sequence` (gspo's default; grpo may set it too, as in TRL), the same loop with o
 (fai_rl.rl_math.sequence_ratio_loss) computed here through `forward_backward_custom`: every server offers it (the local
 test server has no built-in `gspo` loss) at the cost of one extra forward pass on the service. The loop is the Tinker
 RL driver (rollouts.train_rl); steps, prompts per step and the learning rate are TRL's (fai_rl.schedule): a batch of
-completions serves num_iterations optimizer steps.
+completions serves num_iterations optimizer steps. RLOO (Ahmadian et al., 2024) is the same loop with the
+leave-one-out advantage (fai_rl.rl_math.leave_one_out_advantages), chosen by its spec's `advantage`; as in TRL, its
+update is the clipped policy-gradient loss (`tinker.rl_loss: ppo`) or the unclipped importance-sampling one.
 
 Departures: the KL term (training.beta > 0) is a per-token penalty on the advantages against the base model's
 log-probs (a sampler on the base weights), not TRL's k3 term in the loss; `loss_type` normalisation is local-only
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import torch
 
+from fai_rl.algorithms import spec_of
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker import rollouts
 from fai_rl.backends.tinker.common import TinkerSession
 from fai_rl.backends.tinker.rollouts import PreparedRL, RLAlgorithm
 from fai_rl.config.schema import Recipe
-from fai_rl.rl_math import group_advantages, sequence_ratio_loss
+from fai_rl.rl_math import group_advantages, leave_one_out_advantages, sequence_ratio_loss
 from fai_rl.schedule import Schedule
 
 HEADLINE = ("reward", "eval_reward", "kl", "completions/mean_length", "step_time_s")
@@ -57,8 +60,16 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
     return rollouts.train_rl(recipe, prepared, run, algorithm)
 
 
+# The group advantage estimators, by AlgorithmSpec.advantage: rewards of consecutive groups -> one advantage each.
+ESTIMATORS = {
+    "group": lambda rewards_n, t: group_advantages(rewards_n, t.num_generations, t.scale_rewards),
+    "leave_one_out": lambda rewards_n, t: leave_one_out_advantages(rewards_n, t.num_generations),
+}
+
+
 def _advantages(samples, t) -> tuple[list[float], dict]:
-    advantages_n = group_advantages(torch.tensor([s.reward for s in samples]), t.num_generations, t.scale_rewards)
+    estimate = ESTIMATORS[spec_of(t.algorithm).advantage]
+    advantages_n = estimate(torch.tensor([s.reward for s in samples]), t)
     return advantages_n.tolist(), {"frac_reward_zero_std": _zero_std_fraction(samples, t.num_generations)}
 
 
@@ -116,6 +127,6 @@ def _zero_std_fraction(samples, group: int) -> float:
 def _objective(recipe: Recipe) -> str:
     t = recipe.training
     kind = ("GSPO (sequence-level ratio)" if t.importance_sampling_level == "sequence"
-            else f"GRPO ({recipe.tinker.rl_loss} loss)")
+            else f"{t.algorithm.upper()} ({spec_of(t.algorithm).advantage} advantages, {recipe.tinker.rl_loss} loss)")
     return (f"{kind} on Tinker: reward = {' + '.join(f'{r.weight:g} x {r.function}' for r in recipe.rewards)}; "
             f"group of {t.num_generations}; KL coefficient {t.beta or 0:g}")

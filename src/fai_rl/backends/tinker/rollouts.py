@@ -1,4 +1,4 @@
-"""The RL driver of the Tinker backend (GRPO/GSPO and PPO are configurations of it), with its sampling and scoring.
+"""The RL driver of the Tinker backend (GRPO/GSPO/RLOO and PPO are configurations of it), with its sampling and scoring.
 
 The service samples (SamplingClient) and reports each sampled token's log-probability under the weights that
 sampled it; those are the "old" log-probs of the importance ratio. Rewards are scored here, with the same reward
@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from fai_rl.algorithms import spec_of
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker.common import (
     StepLog,
@@ -167,7 +168,7 @@ def kl_adjusted(advantage: float, s: Sample, ref_t: list[float] | None, coef: fl
 def evaluate_reward(session: TinkerSession, sampler, prepared: PreparedRL, recipe: Recipe, step: int) -> dict:
     """eval_reward: mean reward of num_generations_eval samples (GRPO default num_generations; PPO 1) per prompt."""
     t = recipe.training
-    per_prompt = t.num_generations_eval or (t.num_generations if t.algorithm in ("grpo", "gspo") else 1)
+    per_prompt = t.num_generations_eval or (t.num_generations if spec_of(t.algorithm).samples_groups else 1)
     samples = sample(session, sampler, prepared.eval, per_prompt, prepared, recipe, f"evaluation at step {step}")
     metrics = score(samples, prepared, recipe, per_prompt)
     return {"eval_reward": metrics["reward"]}
