@@ -22,7 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fai_rl.algorithms import spec_of
 from fai_rl.config.fai_rl import resolve_fai_rl_meaning
-from fai_rl.config.rules import check_eval_rules, check_rules
+from fai_rl.config.eval_rules import check_eval_rules
+from fai_rl.config.rules import check_rules
 from fai_rl.config.schema import ALGORITHMS, BACKENDS, EVAL_METRICS, EvalRecipe, Recipe
 from fai_rl.config.support import FAI_RL_VLM_KEYS, check_key_support, table_key
 from fai_rl.errors import RecipeError

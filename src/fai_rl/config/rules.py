@@ -3,18 +3,26 @@
 Each rule yields (dotted key, "value; why; fix"). They run after the schema check, so types are right here; they do
 not touch the disk beyond a file's existence (and reading a named DeepSpeed JSON) and never import torch: a recipe is
 judged before any model loads. `processes` is the world size the launch flags ask for (all nodes): some batch shapes
-only fit, or not, once it is known.
+only fit, or not, once it is known. The algorithms' and backends' own rules are in config/algorithm_rules.py, an
+evaluation recipe's in config/eval_rules.py.
 """
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-from fai_rl.algorithms import algorithm_names, spec_of
+from fai_rl.algorithms import spec_of
 from fai_rl.config.deepspeed import load_deepspeed_config, offloads_params, recipe_conflicts, zero_stage
-from fai_rl.config.schema import DPO_LOSSES, EVAL_METRICS, JUDGE_PLACEHOLDERS, EvalRecipe, Recipe
-from fai_rl.errors import RecipeError
+from fai_rl.config.schema import Recipe
+from fai_rl.config.algorithm_rules import (
+    dpo_rules,
+    grpo_rules,
+    placeholders,
+    ppo_rules,
+    sft_reward_rules,
+    tinker_rules,
+    workflow_rules,
+)
 
 Problem = tuple[str, str]
 
@@ -27,12 +35,12 @@ def check_rules(recipe: Recipe, processes: int = 1) -> list[Problem]:
         *_data_rules(recipe),
         *_training_rules(recipe),
         *_deepspeed_rules(recipe),
-        *_dpo_rules(recipe),
-        *_sft_reward_rules(recipe),
-        *_grpo_rules(recipe, processes),
-        *_ppo_rules(recipe),
-        *_tinker_rules(recipe),
-        *_workflow_rules(recipe, processes),
+        *dpo_rules(recipe),
+        *sft_reward_rules(recipe),
+        *grpo_rules(recipe, processes),
+        *ppo_rules(recipe),
+        *tinker_rules(recipe),
+        *workflow_rules(recipe, processes),
         *_service_rules(recipe),
     ]
 
@@ -176,7 +184,7 @@ def _template_rules(r: Recipe) -> Iterator[Problem]:
         template = getattr(d, key)
         if template is None or (key == "system_prompt" and not templated and not split):
             continue  # a plain system message (our meaning): braces are text
-        names = _placeholders(template)
+        names = placeholders(template)
         if names is None:
             yield f"data.{key}", ("is not a valid template (an unmatched { or }); write a column as {column} and a "
                                   "literal brace as {{ or }}.")
@@ -283,350 +291,3 @@ def _deepspeed_rules(r: Recipe) -> Iterator[Problem]:
                     "AdamW and schedule from training.learning_rate and lr_scheduler_type; remove the section from "
                     "the file."
                 )
-
-
-def _dpo_rules(r: Recipe) -> Iterator[Problem]:
-    t = r.training
-    if spec_of(t.algorithm).family != "preference":
-        return
-    for i, loss in enumerate(t.dpo_loss_type):
-        if loss not in DPO_LOSSES:
-            near = difflib.get_close_matches(loss, DPO_LOSSES, n=1)
-            hint = f"did you mean '{near[0]}'?" if near else "use one of " + ", ".join(DPO_LOSSES) + "."
-            yield f"training.dpo_loss_type[{i}]", f"'{loss}' is not a DPO loss; {hint}"
-    if not t.dpo_loss_type:
-        yield "training.dpo_loss_type", "is empty; use [sigmoid] (the DPO paper's loss)."
-    if t.dpo_loss_weights is not None and len(t.dpo_loss_weights) != len(t.dpo_loss_type):
-        yield "training.dpo_loss_weights", (
-            f"has {len(t.dpo_loss_weights)} weights for {len(t.dpo_loss_type)} losses in training.dpo_loss_type; "
-            "give one weight per loss."
-        )
-    if not 0 <= t.label_smoothing < 0.5:
-        yield "training.label_smoothing", f"{t.label_smoothing} must be in [0, 0.5)."
-    if t.beta is not None and t.beta <= 0:
-        yield "training.beta", f"{t.beta} must be greater than 0 for DPO (it scales the implicit reward), e.g. 0.1."
-
-
-def _sft_reward_rules(r: Recipe) -> Iterator[Problem]:
-    """rewards: learned from by the RL algorithms; in SFT, eval metrics on held-out replies (none without eval data:
-    the run says so at start); DPO reads none."""
-    if not r.rewards:
-        return
-    t = r.training
-    if spec_of(t.algorithm).family == "preference":
-        yield "rewards", "DPO learns from preference pairs and reads no rewards; remove the rewards section."
-
-
-def _sampling_rules(r: Recipe) -> Iterator[Problem]:
-    t = r.training
-    if t.temperature <= 0:
-        yield "training.temperature", f"{t.temperature} must be greater than 0 (sampling needs it), e.g. 1.0."
-    if not 0 < t.top_p <= 1:
-        yield "training.top_p", f"{t.top_p} must be in (0, 1]."
-    if t.max_completion_length <= 0:
-        yield "training.max_completion_length", f"{t.max_completion_length} must be greater than 0, e.g. 256."
-    alone = spec_of(t.algorithm).reward_model_alone  # a reward model is reward enough
-    if not r.rewards and not (alone and r.model.reward_model_name):
-        yield "rewards", (
-            f"is empty, but {t.algorithm} learns from rewards; add e.g. rewards[0].function=exact_match"
-            + (" or set model.reward_model_name." if alone else ".")
-        )
-
-
-def _grpo_rules(r: Recipe, processes: int) -> Iterator[Problem]:
-    t = r.training
-    if not spec_of(t.algorithm).samples_groups:
-        return
-    yield from _sampling_rules(r)
-    # A generation round samples per_device_train_batch_size x processes x steps completions, in whole groups.
-    across = f" x {processes} processes" if processes > 1 else ""
-    if t.num_generations < 2:
-        yield "training.num_generations", f"{t.num_generations} must be at least 2: advantages compare a group."
-    else:
-        steps = t.steps_per_generation or t.gradient_accumulation_steps
-        batch = t.per_device_train_batch_size * processes * steps
-        if batch % t.num_generations:
-            per_process = t.per_device_train_batch_size * steps
-            gpus = next(k for k in range(1, t.num_generations + 1) if per_process * k % t.num_generations == 0)
-            launch = (f", or launch on {gpus} GPUs (--num-gpus {gpus}: a batch of {per_process * gpus})"
-                      if processes == 1 and gpus > 1 else "")
-            yield "training.num_generations", (
-                f"{t.num_generations} does not divide the generation batch of {batch} completions "
-                f"(per_device_train_batch_size {t.per_device_train_batch_size}{across} x "
-                f"{'steps_per_generation' if t.steps_per_generation else 'gradient_accumulation_steps'} {steps}); "
-                f"make the batch a multiple of num_generations{launch}."
-            )
-    has_eval = bool(r.data.eval_datasets) or r.data.eval_split_ratio > 0
-    eval_group = t.num_generations if t.num_generations_eval is None else t.num_generations_eval
-    if t.num_generations_eval is not None and t.num_generations_eval < 1:
-        yield "training.num_generations_eval", f"{t.num_generations_eval} must be at least 1 (or null: num_generations)."
-    elif has_eval and eval_group >= 1 and (t.per_device_eval_batch_size * processes) % eval_group:
-        key = "num_generations" if t.num_generations_eval is None else "num_generations_eval"
-        yield "training.per_device_eval_batch_size", (
-            f"{t.per_device_eval_batch_size}{across} is not a multiple of training.{key} ({eval_group}); "
-            "evaluation samples whole groups too: use a multiple of it."
-        )
-    if t.epsilon is not None and t.epsilon <= 0:
-        yield "training.epsilon", f"{t.epsilon} must be greater than 0."
-    if t.beta is not None and t.beta < 0:
-        yield "training.beta", f"{t.beta} must be 0 (no reference model) or more."
-    if t.num_iterations < 1:
-        yield "training.num_iterations", f"{t.num_iterations} must be at least 1."
-    if spec_of(t.algorithm).sequence_ratios:
-        if t.importance_sampling_level == "token":
-            yield "training.importance_sampling_level", (
-                "'token' turns GSPO into GRPO; use training.algorithm=grpo, or leave it null (sequence)."
-            )
-        if t.loss_type not in (None, "grpo", "dr_grpo", "bnpo"):
-            yield "training.loss_type", (
-                f"'{t.loss_type}' does not fit GSPO's sequence-level ratios (it normalises per token or reweights "
-                "ratios); use grpo (GSPO's default), dr_grpo or bnpo."
-            )
-
-
-def _ppo_rules(r: Recipe) -> Iterator[Problem]:
-    t = r.training
-    if not spec_of(t.algorithm).rollout_loop:
-        return
-    yield from _sampling_rules(r)
-    for key in ("gamma", "lam"):
-        if not 0 <= getattr(t, key) <= 1:
-            yield f"training.{key}", f"{getattr(t, key)} must be in [0, 1]."
-    for key in ("cliprange", "cliprange_value", "vf_coef"):
-        if getattr(t, key) <= 0:
-            yield f"training.{key}", f"{getattr(t, key)} must be greater than 0."
-    if t.kl_coef < 0:
-        yield "training.kl_coef", f"{t.kl_coef} must be 0 or more."
-    if t.num_ppo_epochs < 1:
-        yield "training.num_ppo_epochs", f"{t.num_ppo_epochs} must be at least 1."
-    rollout = t.per_device_train_batch_size * t.gradient_accumulation_steps  # prompts per process per PPO step
-    if t.num_mini_batches < 1 or rollout % max(1, t.num_mini_batches):
-        yield "training.num_mini_batches", (
-            f"{t.num_mini_batches} must be at least 1 and divide the rollout batch of {rollout} prompts "
-            f"(per_device_train_batch_size {t.per_device_train_batch_size} x gradient_accumulation_steps "
-            f"{t.gradient_accumulation_steps})."
-        )
-    # Keys the local PPO (written here, not TRL) cannot honour.
-    if t.optim not in ("adamw_torch", "adamw_torch_fused"):
-        yield "training.optim", f"'{t.optim}' is not offered by PPO, which uses torch AdamW; set training.optim=adamw_torch."
-
-
-# DPO losses the Tinker backend computes itself (through forward_backward_custom).
-TINKER_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "sft")
-
-
-def _tinker_rules(r: Recipe) -> Iterator[Problem]:
-    t, k = r.training, r.tinker
-    if t.backend != "tinker":
-        return
-    for key in ("save_every", "checkpoint_ttl_s"):
-        value = getattr(k, key)
-        if value is not None and value <= 0:
-            yield f"tinker.{key}", f"{value} must be greater than 0; or null."
-    if k.request_timeout_s <= 0:
-        yield "tinker.request_timeout_s", f"{k.request_timeout_s} must be greater than 0 (seconds)."
-    if k.max_retries < 0:
-        yield "tinker.max_retries", f"{k.max_retries} must be 0 or more."
-    if k.resume_from is not None and not k.resume_from.startswith("tinker://"):
-        yield "tinker.resume_from", (
-            f"'{k.resume_from}' is not a Tinker path; give a tinker://<run>/weights/<name> state path "
-            "(output_dir/checkpoints.json lists them)."
-        )
-    if not (k.train_mlp or k.train_attn or k.train_unembed):
-        yield "tinker.train_mlp", "false with train_attn and train_unembed false: LoRA would train nothing."
-    if spec_of(t.algorithm).family == "preference":
-        for i, loss in enumerate(t.dpo_loss_type):
-            if loss in DPO_LOSSES and loss not in TINKER_DPO_LOSSES:
-                yield f"training.dpo_loss_type[{i}]", (
-                    f"'{loss}' is not offered on the Tinker backend; use one of {', '.join(TINKER_DPO_LOSSES)}, "
-                    "or training.backend=local."
-                )
-
-
-def _placeholders(template: str) -> list[str] | None:
-    """The {names} a str.format template uses; None when it is not a valid template."""
-    import string
-
-    try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError:
-        return None
-
-
-def _workflow_rules(r: Recipe, processes: int = 1) -> Iterator[Problem]:
-    w, t = r.workflow, r.training
-    if w.type == "single":
-        if w.solver_prompt is not None:
-            yield "workflow.solver_prompt", (
-                "is set but workflow.type is single, which is plain GRPO reading the prompt column; set "
-                "workflow.type=solver_judge (or your module:Class), or remove workflow.solver_prompt."
-            )
-        return
-    if w.kwargs and ":" not in w.type:
-        yield "workflow.kwargs", (
-            f"{dict(w.kwargs)} but '{w.type}' is a built-in workflow, configured by the workflow keys themselves; "
-            "remove workflow.kwargs (it is for module:Class workflows)."
-        )
-    if t.backend == "local" and (processes > 1 or t.deepspeed_config):
-        how = f"{processes} processes" if processes > 1 else f"training.deepspeed_config={t.deepspeed_config}"
-        yield "workflow.type", (
-            f"'{w.type}' on the local backend runs in one process (its loop is written here, not HF Trainer's), "
-            f"but this launch asks for {how}; use one GPU (--num-gpus 1, no deepspeed_config), or the Tinker backend."
-        )
-    if not spec_of(t.algorithm).workflow_modules:
-        able = [n for n in algorithm_names() if spec_of(n).workflow_modules]
-        yield "workflow.type", (
-            f"'{w.type}' with training.algorithm={t.algorithm}: workflows are trained with "
-            f"{' or '.join(n.upper() for n in able)}; set training.algorithm={able[0]} (or {', '.join(able[1:])}), "
-            "or workflow.type=single."
-        )
-    if ":" not in w.type and w.type != "solver_judge":
-        near = difflib.get_close_matches(w.type, ["single", "solver_judge"], n=1)
-        hint = f"did you mean '{near[0]}'? " if near else ""
-        yield "workflow.type", (
-            f"'{w.type}' is not a built-in workflow; {hint}use single, solver_judge, or your own class as "
-            "module:Class or path/to/file.py:Class."
-        )
-    if t.beta:
-        yield "training.beta", (
-            f"{t.beta} with workflow.type '{w.type}': workflow runs have no KL term to a reference; set "
-            "training.beta=0."
-        )
-    if t.backend == "local" and t.optim not in ("adamw_torch", "adamw_torch_fused"):
-        yield "training.optim", (
-            f"'{t.optim}' is not offered by the local workflow loop, which uses torch AdamW; set "
-            "training.optim=adamw_torch."
-        )
-    if w.solver_prompt is not None and _placeholders(w.solver_prompt) is None:
-        yield "workflow.solver_prompt", "is not a valid template (unbalanced { }); write columns as {column}, a "\
-            "literal brace as {{ or }}."
-    if w.type != "solver_judge":
-        return
-    if w.num_solutions < 2:
-        yield "workflow.num_solutions", f"{w.num_solutions} must be at least 2: the judge picks one of several."
-    for key, template, allowed in (("judge_prompt", w.judge_prompt, JUDGE_PLACEHOLDERS),
-                                   ("judge_solution_format", w.judge_solution_format, ("index", "solution"))):
-        names = _placeholders(template)
-        if names is None:
-            yield f"workflow.{key}", "is not a valid template (unbalanced { }); write a literal brace as {{ or }}."
-            continue
-        unknown = sorted({n for n in names if n not in allowed})
-        if unknown:
-            yield f"workflow.{key}", (
-                f"uses {', '.join('{' + n + '}' for n in unknown)}; the placeholders are "
-                f"{', '.join('{' + n + '}' for n in allowed)} (write a literal brace as {{{{ or }}}})."
-            )
-        needed = "solutions" if key == "judge_prompt" else "solution"
-        if needed not in names:
-            yield f"workflow.{key}", f"has no {{{needed}}}: the judge would not see the candidates; add it."
-    for key in ("solver_reward", "judge_reward"):
-        if getattr(w, key) < 0:
-            yield f"workflow.{key}", f"{getattr(w, key)} must be 0 or more (a weight on the role's reward)."
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# fai-rl-eval recipes
-
-
-def check_eval_rules(r: EvalRecipe, load_recipe: Callable[[str], Recipe]) -> list[Problem]:
-    """Every cross-field / range problem of an evaluation recipe (rewards are checked by the caller's extra rule).
-
-    `load_recipe` (fai_rl.config.load's) loads a workflow task's training recipe: passed in, so that rules never
-    import the loader that imports them.
-    """
-    return list(_eval_rules(r, load_recipe))
-
-
-def _eval_rules(r: EvalRecipe, load_recipe: Callable[[str], Recipe]) -> Iterator[Problem]:
-    e = r.evaluation
-    if not e.models:
-        yield "evaluation.models", "is empty; name at least one model, e.g. evaluation.models=[runs/my-run]."
-    for i, spec in enumerate([*e.models, *([e.baseline] if e.baseline is not None else [])]):
-        key = f"evaluation.models[{i}]" if i < len(e.models) else "evaluation.baseline"
-        if not spec.strip():
-            yield key, "is empty; name a run dir, a model dir, a hub id or a tinker:// path."
-        elif spec.startswith("tinker://") and not e.base_model:
-            yield "evaluation.base_model", (
-                f"is null, but {key} is a Tinker path ({spec}); name the base model its weights were trained from "
-                "(its tokenizer renders the prompts), e.g. evaluation.base_model=Qwen/Qwen3-4B-Instruct-2507."
-            )
-    if not e.tasks:
-        yield "evaluation.tasks", "is empty; add a task, e.g. a name and dataset: {name: fai-rl/digits, split: test}."
-    for key, value in (("batch_size", e.batch_size), ("request_timeout_s", e.request_timeout_s)):
-        if value <= 0:
-            yield f"evaluation.{key}", f"{value} must be greater than 0."
-    seen: dict[str, int] = {}
-    for i, task in enumerate(e.tasks):
-        key = f"evaluation.tasks[{i}]"
-        if task.name in seen:
-            yield f"{key}.name", (f"'{task.name}' is also the name of evaluation.tasks[{seen[task.name]}]; names "
-                                  "must differ.")
-        seen.setdefault(task.name, i)
-        if not task.name.strip():
-            yield f"{key}.name", "is empty; name the task (it labels the table and the files)."
-        yield from _eval_task_rules(task, key, load_recipe)
-
-
-def _eval_task_rules(task, key: str, load_recipe: Callable[[str], Recipe]) -> Iterator[Problem]:
-    allowed = EVAL_METRICS[task.type]
-    for j, metric in enumerate(task.metrics):
-        if metric not in allowed:
-            near = difflib.get_close_matches(metric, allowed, n=1, cutoff=0.6)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            extra = " (reward functions go under rewards:)" if task.type == "generate" else ""
-            yield f"{key}.metrics[{j}]", (
-                f"'{metric}' is not a {task.type} metric; {hint}use {', '.join(allowed)}{extra}."
-            )
-    if task.type == "workflow":
-        yield from _eval_workflow_rules(task, key, load_recipe)
-    elif task.workflow_recipe is not None:
-        yield f"{key}.workflow_recipe", f"is only read by type workflow (this task is {task.type}); remove it."
-    if task.type == "multiple_choice" and task.rewards:
-        yield f"{key}.rewards", ("multiple_choice tasks are scored by accuracy only; remove rewards or use type "
-                                 "generate.")
-    if not task.metrics and not task.rewards:
-        yield f"{key}.metrics", f"is empty and there are no rewards: nothing would be scored; use {allowed[0]}."
-    if task.num_samples < 1:
-        yield f"{key}.num_samples", f"{task.num_samples} must be at least 1."
-    elif task.num_samples > 1 and task.temperature == 0:
-        yield f"{key}.num_samples", (
-            f"{task.num_samples} samples at temperature 0 (greedy) would all be the same answer; set "
-            f"{key}.temperature (e.g. 1.0) or num_samples=1."
-        )
-    if task.type == "multiple_choice" and task.multiple_choice_mode == "loglikelihood" and task.num_samples != 1:
-        yield f"{key}.num_samples", "must be 1 for multiple_choice by loglikelihood (nothing is sampled)."
-    for j, k in enumerate(task.pass_k):
-        if not 1 <= k <= max(1, task.num_samples):
-            yield f"{key}.pass_k[{j}]", (
-                f"{k} must be in 1..num_samples ({task.num_samples}): pass@k draws k of the n samples; raise "
-                f"{key}.num_samples or lower k."
-            )
-    if task.temperature < 0:
-        yield f"{key}.temperature", f"{task.temperature} must be 0 (greedy) or more."
-    if not 0 < task.top_p <= 1:
-        yield f"{key}.top_p", f"{task.top_p} must be in (0, 1]."
-    if task.max_new_tokens <= 0:
-        yield f"{key}.max_new_tokens", f"{task.max_new_tokens} must be greater than 0, e.g. 256."
-    if task.numeric_tolerance < 0:
-        yield f"{key}.numeric_tolerance", f"{task.numeric_tolerance} must be 0 or more."
-    if task.dataset.max_samples is not None and task.dataset.max_samples <= 0:
-        yield f"{key}.dataset.max_samples", f"{task.dataset.max_samples} must be greater than 0; or null for all rows."
-    if not task.dataset.name.strip():
-        yield f"{key}.dataset.name", "is empty; name a file, a dataset dir, a hub dataset or a built-in task."
-
-
-def _eval_workflow_rules(task, key: str, load_recipe: Callable[[str], Recipe]) -> Iterator[Problem]:
-    """A workflow task names a training recipe with a workflow; its rewards score the episodes."""
-    if task.rewards:
-        yield f"{key}.rewards", "a workflow task is scored by the rewards of its workflow_recipe; remove them here."
-    if task.workflow_recipe is None:
-        yield f"{key}.workflow_recipe", ("is null; name the training recipe whose workflow to run, e.g. "
-                                         "recipes/quickstart/solver_judge.yaml.")
-        return
-    try:
-        recipe = load_recipe(task.workflow_recipe)
-    except RecipeError as e:
-        yield f"{key}.workflow_recipe", f"'{task.workflow_recipe}' does not load: " + "; ".join(e.problems)
-        return
-    if not recipe.rewards:
-        yield f"{key}.workflow_recipe", f"'{task.workflow_recipe}' has no rewards: nothing would score the episodes."
