@@ -385,8 +385,23 @@ def load_recipe(
     # specific rules first: where one covers a key (e.g. rewards in a DPO recipe) its message is the better one
     rules = [*check_rules(recipe, processes), *(p for rule in extra_rules for p in rule(recipe)), *unread]
     recipe = _finish(recipe, ctx, rules)
+    _fill_derived(recipe)
     recipe.__dict__["_notes"] = list(ctx.notes)  # not a schema field: never validated, dumped or documented
     return recipe
+
+
+def _fill_derived(r: Recipe) -> None:
+    """Values that were nulls meaning "the same as another key", made explicit once the rules have passed (so their
+    messages still blame the key the user wrote), so that recipe.resolved.yaml records what runs and no trainer
+    falls back on its own: epsilon_high (= epsilon), num_generations_eval (= num_generations for group-sampling
+    algorithms, 1 for PPO) and, on Tinker, tinker.save_every (= training.save_steps)."""
+    t, s = r.training, spec_of(r.training.algorithm)
+    if s.samples_groups and t.epsilon_high is None:
+        t.epsilon_high = t.epsilon
+    if (s.samples_groups or s.rollout_loop) and t.num_generations_eval is None:
+        t.num_generations_eval = t.num_generations if s.samples_groups else 1
+    if t.backend == "tinker" and r.tinker.save_every is None:
+        r.tinker.save_every = t.save_steps
 
 
 def recipe_notes(recipe: Recipe) -> list[str]:
