@@ -36,7 +36,7 @@ def test_bad_recipe_exits_2_listing_every_problem_and_creates_nothing(write_reci
         "the recipe has 3 errors:",
         "training.lerning_rate: unknown key; did you mean training.learning_rate?",
         f"{path}:",
-        "'sfft' is not one of sft|cpt|dpo|ppo|grpo|gspo; did you mean 'sft'?",
+        "'sfft' is not one of sft|cpt|dpo|ppo|grpo|gspo|rloo; did you mean 'sft'?",
         "command line: training.max_steps: 'ten' (str) is not valid",
     )
 

@@ -44,7 +44,7 @@ def test_grpo_and_gspo_raise_the_held_out_reward_by_at_least_0_3(tmp_path, algor
     assert train[-1]["reward"] > train[0]["reward"] + 0.3
     # GSPO is the same code path with the paper's defaults filled in by the schema.
     resolved = yaml.safe_load((out / "recipe.resolved.yaml").read_text())["training"]
-    expected = ("sequence", "grpo", 3e-4, 4e-4) if algorithm == "gspo" else ("token", "dapo", 0.2, None)
+    expected = ("sequence", "grpo", 3e-4, 4e-4) if algorithm == "gspo" else ("token", "dapo", 0.2, 0.2)
     got = ("importance_sampling_level", "loss_type", "epsilon", "epsilon_high")
     assert tuple(resolved[k] for k in got) == expected
     summary = json.loads((out / "summary.json").read_text())
