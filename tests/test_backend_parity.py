@@ -175,6 +175,10 @@ def test_sft_same_steps_rates_names_and_per_epoch_order(tmp_path, tinker_env, mo
     assert epochs[1] == pytest.approx(epochs[0])
     first, second = sum(seen[:3], []), sum(seen[3:6], [])
     assert sorted(first) == sorted(second) == list(range(10)) and first != second
+    # the same rows through the same weights (LoRA starts at zero): the first step's loss, before any update, is the
+    # same mean NLL per loss-carrying token on both backends (torch fp32 vs JAX fp32 on the server)
+    losses = [_train_rows(out)[0]["loss"] for out in (local, tinker)]
+    assert losses[1] == pytest.approx(losses[0], rel=2e-3), losses
 
 
 @pytest.mark.tinker
@@ -186,8 +190,13 @@ def test_dpo_same_steps_rates_and_names(tmp_path, tinker_env):
                           "training.dpo_loss_type=[sigmoid]")
     _assert_same_steps_and_rates(local, tinker)
     shared = {"loss", "learning_rate", "epoch", "num_tokens", "rewards/accuracies", "rewards/margins",
-              "rewards/chosen", "rewards/rejected"}
+              "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"}
     assert shared <= _keys(local) & _keys(tinker), (shared - _keys(local), shared - _keys(tinker))
+    # before the first update the policy is the reference on both sides: loss log 2, rewards 0, and the same pair
+    # log-probabilities from the same weights
+    firsts = [_train_rows(out)[0] for out in (local, tinker)]
+    for key in ("loss", "rewards/chosen", "rewards/margins", "logps/chosen", "logps/rejected"):
+        assert firsts[1][key] == pytest.approx(firsts[0][key], rel=1e-3, abs=1e-4), key
 
 
 @pytest.mark.tinker
@@ -228,3 +237,74 @@ def test_tinker_ppo_logs_the_local_ppo_names():
                          "loss": -0.1, "kl": 0.01, "learning_rate": 1e-3, "epoch": 0.5})
     assert named == {"reward": 0.5, "rewards/exact_match": 0.5, "completion_length": 3.0, "policy_loss": -0.1,
                      "kl": 0.01, "learning_rate": 1e-3}
+
+
+# ---- every key one backend cannot honour is refused (ours) or noted (FAI-RL's) on that backend
+
+# A non-default value for every key the table reads on the local backend only: written in a Tinker recipe, each must
+# be reported. The first test keeps this list and the table in step (a new local-only row needs a value here).
+LOCAL_ONLY_VALUES = {
+    "model.torch_dtype": "bfloat16", "model.use_lora": "true", "model.lora_r": "4", "model.lora_alpha": "8",
+    "model.lora_dropout": "0.2", "model.lora_target_modules": "[q_proj]", "model.lora_bias": "all",
+    "model.lora_exclude_modules": "[lm_head]", "model.load_in_4bit": "true", "model.load_in_8bit": "true",
+    "model.bnb_4bit_quant_type": "fp4", "model.bnb_4bit_compute_dtype": "float16",
+    "model.bnb_4bit_use_double_quant": "false", "model.attn_implementation": "eager",
+    "model.use_flash_attention": "true", "model.low_cpu_mem_usage": "false", "model.ignore_mismatched_sizes": "true",
+    "model.value_model_name": "fai-rl/tiny-sft", "data.remove_unused_columns": "true", "training.optim": "adafactor",
+    "training.bf16": "true", "training.fp16": "true", "training.gradient_checkpointing": "true",
+    "training.deepspeed_config": "zero2", "training.packing": "true", "training.use_liger_kernel": "true",
+    "training.fast_generation": "true", "training.dataloader_num_workers": "2", "training.dataloader_pin_memory": "true",
+    "training.dataloader_drop_last": "true", "training.ddp_find_unused_parameters": "true",
+    "training.save_only_model": "true", "training.prediction_loss_only": "true",
+    "training.metric_for_best_model": "eval_loss", "training.greater_is_better": "false",
+    "training.load_best_model_at_end": "true", "training.precompute_ref_log_probs": "true",
+    "training.steps_per_generation": "2", "training.mask_truncated_completions": "true", "training.use_vllm": "true",
+    "training.vllm_mode": "server", "training.gamma": "0.9", "training.lam": "0.9", "training.cliprange_value": "0.3",
+    "training.vf_coef": "0.5", "s3.upload_checkpoints": "false", "s3.delete_local_after_upload": "true",
+}
+
+
+def _local_only():
+    from fai_rl.config.support import KEYS
+
+    return {key: row for key, row in KEYS.items() if "tinker" not in row.backends}
+
+
+def test_the_sweep_below_covers_every_local_only_key_of_the_table():
+    assert sorted(_local_only()) == sorted(LOCAL_ONLY_VALUES)
+
+
+@pytest.mark.parametrize("key", sorted(LOCAL_ONLY_VALUES))
+def test_a_key_tinker_cannot_honour_is_an_error_or_a_fai_rl_note_on_tinker(key):
+    from fai_rl.algorithms import spec_of
+    from fai_rl.config.load import recipe_notes
+    from fai_rl.errors import RecipeError
+
+    row = _local_only()[key]
+    algorithm = row.algorithms[0]
+    recipe = ROOT / "recipes" / "quickstart" / f"{algorithm if algorithm != 'cpt' else 'sft'}.yaml"
+    written = f"{key}={LOCAL_ONLY_VALUES[key]}"
+    overrides = ["training.backend=tinker", "model.base_model_name=fai-rl/tiny-sft", written]
+    if key.startswith("s3."):
+        overrides.insert(0, "s3.enabled=true")
+        overrides.insert(0, "s3.bucket=b")
+    if not row.fai_rl:  # ours: an error naming the key, the backend and what to do
+        with pytest.raises(RecipeError) as info:
+            load_recipe(str(recipe), overrides)
+        assert any(p.startswith(f"command line: {key}: ") and "tinker" in p.lower() and "remove it" in p
+                   for p in info.value.problems), info.value.problems
+        return
+    loaded = load_recipe(str(recipe), overrides)  # FAI-RL's: accepted, with one line saying it changes nothing
+    assert spec_of(loaded.training.algorithm).name == algorithm or algorithm == "cpt"
+    assert any(key in n and "the tinker backend does not read it" in n for n in recipe_notes(loaded)), \
+        recipe_notes(loaded)
+
+
+def test_tinker_keys_on_the_local_backend_are_dormant_with_one_note():
+    from fai_rl.config.load import recipe_notes
+
+    loaded = load_recipe(str(ROOT / "recipes" / "quickstart" / "grpo.yaml"),
+                         ["tinker.rl_loss=ppo", "tinker.lora_rank=4", "tinker.max_retries=7"])
+    (note,) = [n for n in recipe_notes(loaded) if n.startswith("tinker.")]
+    assert note.startswith("tinker.lora_rank, tinker.max_retries, tinker.rl_loss: read only with training.backend="
+                           "tinker"), note

@@ -42,7 +42,7 @@ def rollout_metrics(episodes) -> dict[str, float]:
 def evaluate(workflow, sampler, rows: list[dict], recipe: Recipe) -> dict[str, float]:
     """eval_*: evaluate_workflow's metrics on the held-out tasks, num_generations_eval episodes each (k the same)."""
     t = recipe.training
-    k = t.num_generations_eval or t.num_generations
+    k = t.num_generations_eval
     ran = run_workflow(workflow, [row for row in rows for _ in range(k)], sampler)
     metrics = summarize_episodes([ran[i * k : (i + 1) * k] for i in range(len(rows))], k)
     return {f"eval_{key}": value for key, value in metrics.items()}

@@ -28,4 +28,4 @@ def evaluate_recipe(recipe, model, tokenizer, rows: list[dict] | None = None, k:
     rows = load_workflow_rows(recipe)[1] if rows is None else rows
     sampler = LocalSampler(model, tokenizer, max_tokens=t.max_completion_length, temperature=t.temperature,
                            top_p=t.top_p)
-    return evaluate_workflow(workflow, sampler, rows, k or t.num_generations_eval or t.num_generations)
+    return evaluate_workflow(workflow, sampler, rows, k or t.num_generations_eval)

@@ -99,7 +99,7 @@ TRAINERS = {"group": ("GRPOConfig", "GRPOTrainer"), "leave_one_out": ("RLOOConfi
 
 def _objective(recipe: Recipe) -> str:
     t = recipe.training
-    high = t.epsilon_high if t.epsilon_high is not None else t.epsilon
+    high = t.epsilon_high
     if spec_of(t.algorithm).advantage == "leave_one_out":
         return (f"{t.algorithm}: leave-one-out advantages (reward minus the mean of the group's other "
                 f"{t.num_generations - 1}), token-level ratios clipped to [1-{t.epsilon}, 1+{high}], KL beta {t.beta} "

@@ -304,7 +304,7 @@ class PPORun:
 
         Sampled, not greedy, so it measures what PPO optimises and matches GRPO's eval_reward.
         """
-        per_prompt = self.t.num_generations_eval or 1
+        per_prompt = self.t.num_generations_eval
         mine = [row for row in rows[self.accelerator.process_index :: self.accelerator.num_processes]
                 for _ in range(per_prompt)]
         total = torch.zeros(2, device=self.accelerator.device)

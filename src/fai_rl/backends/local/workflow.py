@@ -99,7 +99,7 @@ def sequence_logprobs(model, steps, temperature: float) -> list[torch.Tensor]:
 def update(model, optimizer, scored, recipe: Recipe) -> dict[str, float]:
     """One optimizer step on the scored steps (micro-batched; zero-advantage steps skipped, their gradient is 0)."""
     t = recipe.training
-    high = t.epsilon_high if t.epsilon_high is not None else t.epsilon
+    high = t.epsilon_high
     total_tokens = sum(len(s.step.completion_tokens) for s in scored)
     live = [s for s in scored if s.advantage != 0 and s.step.completion_tokens]
     live.sort(key=lambda s: len(s.step.prompt_tokens) + len(s.step.completion_tokens))  # little padding

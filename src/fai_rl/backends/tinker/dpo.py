@@ -129,9 +129,12 @@ def _loss(recipe: Recipe, pairs: list[Pair], ref: dict, logps_list: list[torch.T
     rejected = torch.stack([_reply_logps(logps_list[2 * i + 1], p, p.rejected) for i, p in enumerate(pairs)])
     ref_c = torch.tensor([ref[id(p)][0] for p in pairs])
     ref_r = torch.tensor([ref[id(p)][1] for p in pairs])
-    return dpo_losses(chosen, rejected, ref_c, ref_r, beta=t.beta, loss_types=list(t.dpo_loss_type),
-                      loss_weights=t.dpo_loss_weights, label_smoothing=t.label_smoothing,
-                      chosen_lengths_b=torch.tensor([float(len(p.chosen)) for p in pairs]))
+    loss, metrics = dpo_losses(chosen, rejected, ref_c, ref_r, beta=t.beta, loss_types=list(t.dpo_loss_type),
+                               loss_weights=t.dpo_loss_weights, label_smoothing=t.label_smoothing,
+                               chosen_lengths_b=torch.tensor([float(len(p.chosen)) for p in pairs]))
+    # TRL's DPOTrainer names: the batch mean of each reply's summed log-probability under the policy
+    metrics.update({"logps/chosen": chosen.detach().mean().item(), "logps/rejected": rejected.detach().mean().item()})
+    return loss, metrics
 
 
 def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
@@ -141,7 +144,7 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
     start = prepared.resume.step if prepared.resume else 0
     session = TinkerSession(recipe, run, prepared.resume, schedule)
     tinker, log = session.tinker, StepLog(run, total, HEADLINE)
-    save_every = recipe.tinker.save_every or t.save_steps
+    save_every = recipe.tinker.save_every
     began, tokens = time.time(), 0
     ok = False
     try:

@@ -89,7 +89,7 @@ def update_policy(session: TinkerSession, recipe: Recipe, samples, per_token, st
         if t.importance_sampling_level == "sequence":
             fb = session.training.forward_backward_custom(data, _gspo_loss(samples, per_token, t, seen))
         elif recipe.tinker.rl_loss == "ppo":
-            config = {"clip_low_threshold": 1 - t.epsilon, "clip_high_threshold": 1 + (t.epsilon_high or t.epsilon)}
+            config = {"clip_low_threshold": 1 - t.epsilon, "clip_high_threshold": 1 + t.epsilon_high}
             fb = session.training.forward_backward(data, "ppo", config)
         else:
             fb = session.training.forward_backward(data, "importance_sampling")
@@ -112,7 +112,7 @@ def _gspo_loss(samples, per_token, t, seen: dict):
         old = [torch.tensor(s.logprobs) for s in samples]
         advantages = [sum(adv) / len(adv) for adv in per_token]
         loss, metrics = sequence_ratio_loss(new, old, advantages, epsilon=t.epsilon,
-                                            epsilon_high=t.epsilon_high or t.epsilon)
+                                            epsilon_high=t.epsilon_high)
         seen["loss"] = loss.item()
         return loss, metrics
 

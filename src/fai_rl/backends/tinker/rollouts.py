@@ -168,7 +168,7 @@ def kl_adjusted(advantage: float, s: Sample, ref_t: list[float] | None, coef: fl
 def evaluate_reward(session: TinkerSession, sampler, prepared: PreparedRL, recipe: Recipe, step: int) -> dict:
     """eval_reward: mean reward of num_generations_eval samples (GRPO default num_generations; PPO 1) per prompt."""
     t = recipe.training
-    per_prompt = t.num_generations_eval or (t.num_generations if spec_of(t.algorithm).samples_groups else 1)
+    per_prompt = t.num_generations_eval
     samples = sample(session, sampler, prepared.eval, per_prompt, prepared, recipe, f"evaluation at step {step}")
     metrics = score(samples, prepared, recipe, per_prompt)
     return {"eval_reward": metrics["reward"]}
@@ -198,7 +198,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
     total, start = schedule.total, prepared.resume.step if prepared.resume else 0
     session = TinkerSession(recipe, run, prepared.resume, schedule)
     log = StepLog(run, total, algorithm.headline)
-    save_every = recipe.tinker.save_every or t.save_steps
+    save_every = recipe.tinker.save_every
     reference = (session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
                               "creating the reference sampler (base weights)") if algorithm.reference else None)
     began, generated, tokens, ok = time.time(), 0, 0, False

@@ -52,7 +52,7 @@ def describe(recipe: Recipe, prepared: PreparedSFT) -> str:
     k = recipe.tinker
     return describe_local(recipe, prepared) + (
         f"\ntinker: LoRA rank {k.lora_rank} on {recipe.model.base_model_name}; loss cross_entropy with the weights "
-        f"above; state saved every {k.save_every or recipe.training.save_steps} steps and at the end"
+        f"above; state saved every {k.save_every} steps and at the end"
     )
 
 
@@ -80,7 +80,7 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
     session = TinkerSession(recipe, run, prepared.resume, schedule)
     tinker = session.tinker
     log = StepLog(run, total, HEADLINE)
-    save_every = recipe.tinker.save_every or t.save_steps
+    save_every = recipe.tinker.save_every
     for note in data.notes:
         print(f"data: {note}", flush=True)
     if recipe.rewards:  # the local backend scores greedy held-out replies with them at each evaluation

@@ -84,7 +84,7 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
     start = prepared.resume.step if prepared.resume else 0
     session = TinkerSession(recipe, run, prepared.resume, schedule)
     log = StepLog(run, total, HEADLINE)
-    save_every = recipe.tinker.save_every or t.save_steps
+    save_every = recipe.tinker.save_every
     print(f"workflow {w.type} with {t.algorithm} on Tinker: {per_step} tasks x {t.num_generations} episodes per "
           f"step, grouping {w.grouping}", flush=True)
     began, generated, ok = time.time(), 0, False
