@@ -128,12 +128,21 @@ def test_per_token_rewards_are_kl_penalties_plus_the_score_on_the_last_real_toke
 
 
 def test_step_rows_cover_each_epoch_once_and_split_processes():
+    from fai_rl.config.load import load_recipe
+    from fai_rl.schedule import Schedule
+
     rows = [{"i": i} for i in range(10)]
-    one_epoch = [r["i"] for step in range(1, 6) for r in step_rows(rows, step, 2, seed=3, rank=0, world=1)]
+    recipe = load_recipe(str(ROOT / "recipes" / "quickstart" / "ppo.yaml"),
+                         ["training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=1",
+                          "training.seed=3"])
+    one, two = Schedule(recipe, 10), Schedule(recipe, 10, processes=2)
+    one_epoch = [r["i"] for step in range(1, 6) for r in step_rows(rows, one, step, rank=0)]
     assert sorted(one_epoch) == list(range(10)) and one_epoch != list(range(10))
-    assert step_rows(rows, 4, 2, 3, 0, 1) == step_rows(rows, 4, 2, 3, 0, 1)  # the step alone fixes the data
-    two = [r["i"] for rank in (0, 1) for step in (1, 2) for r in step_rows(rows, step, 2, 3, rank, 2)]
-    assert len(set(two)) == 8  # two processes never take the same prompt within an epoch
+    assert step_rows(rows, one, 4, 0) == step_rows(rows, one, 4, 0)  # the step alone fixes the data
+    both = [r["i"] for rank in (0, 1) for step in (1, 2) for r in step_rows(rows, two, step, rank)]
+    assert len(set(both)) == 8  # two processes never take the same prompt within an epoch
+    # the processes' slices of a step are the step's rows in the shared schedule, as the Tinker backend takes them
+    assert [r["i"] for rank in (0, 1) for r in step_rows(rows, two, 1, rank)] == two.rows(0)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ Data order, reshuffled every epoch from training.seed:
   * GRPO/GSPO: epoch e is the (e+1)-th torch.randperm of one generator seeded once with training.seed (TRL's
     RepeatSampler keeps its generator across epochs), cut into rounds.
   * PPO and workflows: consecutive slices of a stream of epochs, epoch e shuffled by random.Random(seed + e)
-    (backends/local/ppo.step_rows and workflows/loop.step_tasks).
+    (both backends' PPO and workflow loops ask Schedule.rows).
 So on one process the Tinker backend trains on the same rows at the same step as the local backend.
 
 Learning rate: transformers' own get_scheduler on a dummy optimizer, so every lr_scheduler_type and warm-up behaves as
@@ -42,7 +42,7 @@ class Schedule:
 
     def __init__(self, recipe: Recipe, rows: int, processes: int = 1):
         t = recipe.training
-        self.recipe, self.n, self.seed = recipe, rows, t.seed
+        self.recipe, self.n, self.seed, self.processes = recipe, rows, t.seed, processes
         ga = t.gradient_accumulation_steps
         if recipe.workflow.type != "single":
             self.kind = "stream"

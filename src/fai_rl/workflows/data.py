@@ -54,11 +54,11 @@ def describe_workflow(recipe: Recipe, tokenizer, train: list[dict], evaluation: 
     """What --dry-run shows of a workflow run: sizes, the solver prompt and the judge prompt as rendered, rewards."""
     from fai_rl.rewards import preview_rewards
     from fai_rl.workflows.base import render_chat
-    from fai_rl.workflows.loop import tasks_per_step
+    from fai_rl.schedule import Schedule
     from fai_rl.workflows.solver_judge import SolverJudgeWorkflow
 
     w, t = recipe.workflow, recipe.training
-    tasks = tasks_per_step(recipe)
+    tasks = Schedule(recipe, max(1, len(train))).batch
     lines = [
         f"workflow: {w.type}; grouping {w.grouping}, norm_adv_by_std {w.norm_adv_by_std}",
         f"tasks: {len(train)} train, {len(evaluation)} eval; per step {tasks} tasks x {t.num_generations} episodes; "

@@ -1,31 +1,13 @@
-"""The pieces of a workflow training loop that do not depend on the backend: which tasks a step runs, the metrics
-of its episodes, and the held-out evaluation logged as eval_* (fai_rl.backends.local.workflow, .tinker.workflow).
+"""The pieces of a workflow training loop that do not depend on the backend: the metrics of its episodes and the
+held-out evaluation logged as eval_* (fai_rl.backends.local.workflow, .tinker.workflow). Which tasks a step runs is
+fai_rl.schedule's.
 """
 
 from __future__ import annotations
 
-import random
-
 from fai_rl.config.schema import Recipe
 from fai_rl.workflows.base import run_workflow
 from fai_rl.workflows.evaluate import summarize_episodes
-
-
-def tasks_per_step(recipe: Recipe) -> int:
-    """per_device_train_batch_size x gradient_accumulation_steps episodes a step, in groups of num_generations."""
-    t = recipe.training
-    return max(1, t.per_device_train_batch_size * t.gradient_accumulation_steps // t.num_generations)
-
-
-def step_tasks(rows: list[dict], step: int, per_step: int, seed: int) -> list[dict]:
-    """The tasks of step `step` (from 0): consecutive slices of a fresh seeded shuffle per epoch."""
-    picked = []
-    for i in range(step * per_step, (step + 1) * per_step):
-        epoch, position = divmod(i, len(rows))
-        order = list(range(len(rows)))
-        random.Random(seed + epoch).shuffle(order)
-        picked.append(rows[order[position]])
-    return picked
 
 
 def rollout_metrics(episodes) -> dict[str, float]:

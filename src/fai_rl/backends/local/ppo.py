@@ -32,9 +32,7 @@ Tensor names carry their shapes: b = batch, s = prompt + completion positions, t
 
 from __future__ import annotations
 
-import functools
 import math
-import random
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,6 +59,7 @@ from fai_rl.rl_math import (  # noqa: F401
     value_loss,
 )
 from fai_rl.s3 import Uploads
+from fai_rl.schedule import Schedule
 
 # --------------------------------------------------------------------------------------------------------------------
 # prepare / describe: data, rewards and resume point checked before anything is written.
@@ -148,7 +147,7 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
         log(0, ppo.evaluate(prepared.eval_rows))
     began, tokens, window = time.time(), 0, []
     for step in range(start, ppo.max_steps + 1):
-        rows = step_rows(prepared.train_rows, step, rollout_size(recipe), t.seed, acc.process_index, acc.num_processes)
+        rows = step_rows(prepared.train_rows, ppo.schedule, step, acc.process_index)
         rollout = ppo.rollout(rows)
         lr = ppo.scheduler.get_last_lr()[0]
         window.append({**rollout.stats, **ppo.update(rollout), "learning_rate": lr})
@@ -186,16 +185,10 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
     )
 
 
-def step_rows(rows: list[dict], step: int, batch: int, seed: int, rank: int, world: int) -> list[dict]:
-    """This process's prompts for PPO step `step` (from 1): consecutive slices of a fresh seeded shuffle per epoch,
-    so the data position after a resume follows from the step alone."""
-    first = ((step - 1) * world + rank) * batch
-    positions = [divmod(i, len(rows)) for i in range(first, first + batch)]
-    return [rows[_epoch_order(len(rows), seed + epoch)[pos]] for epoch, pos in positions]
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_order(n: int, seed: int) -> list[int]:
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return order
+def step_rows(rows: list[dict], schedule: Schedule, step: int, rank: int) -> list[dict]:
+    """This process's prompts for PPO step `step` (from 1): its slice of the step's rows in the shared schedule
+    (consecutive slices of a fresh seeded shuffle per epoch), so the data position after a resume follows from the
+    step alone."""
+    picked = schedule.rows(step - 1)
+    size = len(picked) // schedule.processes
+    return [rows[i] for i in picked[rank * size : (rank + 1) * size]]

@@ -43,6 +43,7 @@ from fai_rl.rl_math import (
     value_loss,
 )
 from fai_rl.sampling import stop_token_ids
+from fai_rl.schedule import Schedule
 
 
 @dataclass
@@ -112,9 +113,9 @@ class PPORun:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.t.learning_rate, weight_decay=self.t.weight_decay,
                                       fused=self.t.optim == "adamw_torch_fused" or None)
-        self.max_steps = self.t.max_steps or math.ceil(
-            self.t.num_train_epochs * len(prepared.train_rows) / (rollout_size(recipe) * self.accelerator.num_processes)
-        )
+        # steps and each step's prompts: the shared schedule (the Tinker backend's PPO asks the same one)
+        self.schedule = Schedule(recipe, len(prepared.train_rows), self.accelerator.num_processes)
+        self.max_steps = self.schedule.total
         scheduler = get_scheduler(self.t.lr_scheduler_type, optimizer, num_warmup_steps=self.t.warmup_steps,
                                   num_training_steps=self.max_steps)
         # the scheduler stays outside accelerate, which would step it once per process: it counts PPO steps here

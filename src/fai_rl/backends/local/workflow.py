@@ -15,7 +15,6 @@ advantage is 0 are skipped in the update, which changes nothing (their gradient 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -29,9 +28,10 @@ from fai_rl.errors import RecipeError
 from fai_rl.models.load import accelerator, load_causal_lm, load_tokenizer, lora_config
 from fai_rl.rl_math import sequence_ratio_loss, token_policy_loss
 from fai_rl.s3 import Uploads
+from fai_rl.schedule import Schedule
 from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
 from fai_rl.workflows.data import describe_workflow, load_workflow_rows
-from fai_rl.workflows.loop import evaluate, rollout_metrics, step_tasks, tasks_per_step
+from fai_rl.workflows.loop import evaluate, rollout_metrics
 from fai_rl.workflows.samplers import LocalSampler
 
 HEADLINE = ("reward/solver", "reward/judge", "solver_acc", "judge_acc", "eval_solver_pass@1", "eval_judge_accuracy",
@@ -137,8 +137,8 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
     model = build_policy(recipe)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    per_step = tasks_per_step(recipe)
-    total = t.max_steps or max(1, math.ceil(t.num_train_epochs * len(prepared.train) / per_step))
+    schedule = Schedule(recipe, len(prepared.train))  # steps and task order: the Tinker workflow loop's too
+    total, per_step = schedule.total, schedule.batch
     scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=t.warmup_steps,
                               num_training_steps=total)
     sampler = LocalSampler(model, prepared.tokenizer, max_tokens=t.max_completion_length, temperature=t.temperature,
@@ -155,7 +155,7 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
         log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
     began, tokens, window = time.time(), 0, []
     for step in range(1, total + 1):
-        tasks = step_tasks(prepared.train, step - 1, per_step, t.seed)
+        tasks = [prepared.train[i] for i in schedule.rows(step - 1)]
         episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)], sampler)
         scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
                                  w.norm_adv_by_std)

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from fai_rl.algorithms import spec_of
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker.common import (
     StepLog,
