@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fai_rl.errors import BackendError, RecipeError
+from fai_rl.paths import cache_home
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # what data.datasets[].name may name on a store
 SENTINEL = ".fai_rl_s3_complete"  # written into a downloaded dir before it is renamed into place
@@ -70,9 +71,7 @@ def client(region: str | None = None, endpoint_url: str | None = None, retry: bo
 
 def cache_root() -> Path:
     """$FAI_RL_HOME/s3: downloaded objects and dirs, one subdir per bucket."""
-    from fai_rl.models.builtin import _fai_rl_home  # the one definition of the fai-rl cache location
-
-    return _fai_rl_home() / "s3"
+    return cache_home() / "s3"
 
 
 def _digest(text: str) -> str:

@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 
 from fai_rl.errors import RecipeError
+from fai_rl.paths import cache_home
 
 BUILTIN_MODELS: dict[str, str] = {
     "fai-rl/tiny": (
@@ -54,11 +55,6 @@ _REQUIRED = ("config.json", "model.safetensors", "generation_config.json", "toke
 def is_builtin_model(name: str) -> bool:
     """True if `name` is one of BUILTIN_MODELS."""
     return name in BUILTIN_MODELS
-
-
-def _fai_rl_home() -> Path:
-    """The fai-rl cache root: $FAI_RL_HOME, else ~/.cache/fai-rl."""
-    return Path(os.environ.get("FAI_RL_HOME") or Path.home() / ".cache" / "fai-rl").expanduser()
 
 
 def _tiny_files() -> dict[str, bytes]:
@@ -274,10 +270,10 @@ def materialize_builtin_model(name: str) -> Path:
         raise RecipeError(f"unknown builtin model {name!r}; available builtin models: {available}")
     if name == "fai-rl/tiny-sft":
         base = materialize_builtin_model("fai-rl/tiny")
-        final = _fai_rl_home() / "models" / f"tiny-sft-{_sft_version(base)}"
+        final = cache_home() / "models" / f"tiny-sft-{_sft_version(base)}"
         return _materialize(final, lambda out: _build_tiny_sft(out, base))
     files = _tiny_files()
-    final = _fai_rl_home() / "models" / f"tiny-{_content_version(files)}"
+    final = cache_home() / "models" / f"tiny-{_content_version(files)}"
     return _materialize(final, lambda out: _build_tiny(out, files))
 
 
