@@ -1,4 +1,4 @@
-"""S3 end to end (fai_rl/s3.py) against a real S3-compatible server on 127.0.0.1: moto's ThreadedMotoServer, never a
+"""S3 end to end (fai_rl/s3/) against a real S3-compatible server on 127.0.0.1: moto's ThreadedMotoServer, never a
 mock. Checkpoints and final/ go up while tiny runs train; --resume fetches them back; datasets and model dirs are read
 from s3://; a dead endpoint or a missing bucket costs nothing but a reported upload; credentials never leak.
 """
@@ -207,7 +207,7 @@ def test_other_local_ranks_wait_for_rank_0s_download(tmp_path, bucket, endpoint,
 
 def test_a_failed_upload_is_reported_and_the_data_stays_local(write_recipe, tmp_path, bucket, endpoint, capsys,
                                                                monkeypatch):
-    monkeypatch.setattr(s3, "BACKOFF_S", 0.05)
+    monkeypatch.setattr("fai_rl.s3.upload.BACKOFF_S", 0.05)  # upload_dir reads it there
     with socket.socket() as probe:  # a port nothing listens on: a stopped endpoint
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"

@@ -222,7 +222,8 @@ def _training_rules(r: Recipe) -> Iterator[Problem]:
 def _best_model_rules(r: Recipe, has_eval: bool) -> Iterator[Problem]:
     t = r.training
     if t.metric_for_best_model is None:
-        if t.load_best_model_at_end:
+        # where HF Trainer does not run (Tinker, PPO's loop) the key-support table says the key is unread
+        if t.load_best_model_at_end and t.backend == "local" and not spec_of(t.algorithm).rollout_loop:
             yield "training.load_best_model_at_end", (
                 "true without training.metric_for_best_model; name the metric that picks the best checkpoint, "
                 "e.g. training.metric_for_best_model=eval_loss."
