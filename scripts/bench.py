@@ -127,13 +127,32 @@ def flops_per_token(shape: str, vocab: int, seq: int, frozen_base: bool) -> floa
 # ---------------------------------------------------------------------------------------------------------- data
 
 
-def write_data(arm: str, vocab: int, seq: int, rows: int, path: Path, seed: int = 0) -> None:
-    """JSONL rows in the shape the arm's recipe reads: text (SFT), prompt/chosen/rejected (DPO), prompt/answer (RL)."""
+def ragged_length(rng: random.Random, seq: int) -> int:
+    """A chat row's total length, shaped like real chat data: exp(N(6.3, 0.7)) clipped to 32..seq (median ~545,
+    mean ~670 for seq 2048)."""
+    return max(32, min(seq, round(rng.lognormvariate(6.3, 0.7))))
+
+
+def write_data(arm: str, vocab: int, seq: int, rows: int, path: Path, seed: int = 0, ragged: bool = False) -> None:
+    """JSONL rows in the shape the arm's recipe reads: text (SFT), prompt/chosen/rejected (DPO), prompt/answer (RL).
+
+    ragged: SFT rows are two-turn chats (`messages`, a quarter of the length the user turn) and DPO pairs a prompt
+    (a quarter) with chosen and rejected replies of their own lengths, every length drawn by ragged_length."""
     rng = random.Random(seed)
     kind = ARMS[arm][1]
     with path.open("w") as fh:
         for _ in range(rows):
-            if kind == "sft":
+            if ragged and kind == "sft":
+                n = ragged_length(rng, seq)
+                user = max(1, n // 4)
+                row = {"messages": [{"role": "user", "content": words(rng, vocab, user)},
+                                    {"role": "assistant", "content": words(rng, vocab, n - user)}]}
+            elif ragged and kind == "dpo":
+                n = ragged_length(rng, seq)
+                prompt = max(1, n // 4)
+                row = {"prompt": words(rng, vocab, prompt), "chosen": words(rng, vocab, n - prompt),
+                       "rejected": words(rng, vocab, max(1, ragged_length(rng, seq) * 3 // 4))}
+            elif kind == "sft":
                 row = {"text": words(rng, vocab, seq)}
             elif kind == "dpo":
                 half = seq // 2
@@ -142,6 +161,22 @@ def write_data(arm: str, vocab: int, seq: int, rows: int, path: Path, seed: int 
             else:
                 row = {"prompt": words(rng, vocab, PROMPT_TOKENS), "answer": "42"}
             fh.write(json.dumps(row) + "\n")
+
+
+def real_tokens_per_row(arm: str, path: Path) -> float:
+    """Mean tokens of one row as trained (DPO: chosen and rejected each with the prompt), pads not counted: a step's
+    real tokens are this x its rows, the rows being drawn uniformly from the file."""
+    kind, total = ARMS[arm][1], []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if "messages" in r:
+            total.append(sum(len(m["content"].split()) for m in r["messages"]))
+        elif kind == "dpo":
+            p = len(r["prompt"].split())
+            total.append(2 * p + len(r["chosen"].split()) + len(r["rejected"].split()))
+        else:
+            total.append(len(r["text"].split()))
+    return statistics.fmean(total)
 
 
 def trl_rows(arm: str, path: Path) -> list[dict]:
@@ -243,10 +278,12 @@ def run_one(spec: dict) -> dict:
     vocab = SHAPES[shape]["vocab_size"] if kind != "grpo" or spec["shape"] == "tiny" else GRPO_VOCAB
     model_dir = build_model_dir(shape, vocab, work)
     steps, warmup = spec["steps"], spec["warmup"]
-    data = work / f"data-{arm}-{seq}.jsonl"
+    ragged = spec.get("data") == "ragged" and kind != "grpo"
+    data = work / f"data-{arm}-{seq}{'-ragged' if ragged else ''}.jsonl"
     if not data.exists():
-        write_data(arm, vocab, seq, rows=32 * (steps + warmup + 1) if kind != "grpo" else 8 * (steps + warmup + 1),
-                   path=data)
+        ragged_rows = 3072 if spec["shape"] != "tiny" else 256  # the tiny shape is the CPU smoke test
+        rows = ragged_rows if ragged else 32 * (steps + warmup + 1) if kind != "grpo" else 8 * (steps + warmup + 1)
+        write_data(arm, vocab, seq, rows=rows, path=data, ragged=ragged)
     out_dir = work / f"run-{spec['name']}"
     torch.manual_seed(0)
     if torch.cuda.is_available():
@@ -258,7 +295,7 @@ def run_one(spec: dict) -> dict:
         time_reference_precompute(timer)
     timer.started = time.perf_counter()
     max_steps = steps + warmup
-    settings = (_train_trl if impl == "trl" else _train_fai)(
+    settings = (_train_fai if impl == "fai" else _train_trl)(
         spec, arm, kind, lora, recipe_path, model_dir, data, out_dir, max_steps, timer)
     step_s = [b - a for a, b in zip(timer.ends, timer.ends[1:])][warmup:]
     median = statistics.median(step_s)
@@ -278,8 +315,11 @@ def run_one(spec: dict) -> dict:
             result["generate_s_per_step"] = round(statistics.median(gen) * len(timer.generate_s) / max_steps, 3)
             result["generate_share"] = round(result["generate_s_per_step"] / median, 3)
     else:
-        tokens = settings["sequences_per_step"] * seq
-        fpt = flops_per_token(shape, vocab, seq, frozen_base=lora)
+        # every sequence --seq tokens; ragged: the rows' mean real length x rows a step (pads are not tokens)
+        per_row = real_tokens_per_row(arm, data) / (2 if kind == "dpo" else 1) if ragged else seq
+        tokens = round(settings["sequences_per_step"] * per_row)
+        fpt = flops_per_token(shape, vocab, round(per_row) if ragged else seq, frozen_base=lora)
+        result["data"] = "ragged" if ragged else "fixed"
         result["tokens_per_step"] = tokens
         result["tokens_per_s"] = round(tokens / median, 1)
         result["flops_per_token"] = fpt
@@ -298,15 +338,23 @@ def _lora_config(r: int, alpha: int, dropout: float):
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+# What an expert sets on TRL for speed on one big GPU (impl "trl_tuned"): Liger's fused kernels, no activation
+# checkpointing (the memory is there), the batch the issue's hand-tuned arm used. The rest stays TRL's default.
+TRL_TUNED = {"sft": {"use_liger_kernel": True, "gradient_checkpointing": False, "per_device_train_batch_size": 16},
+             "dpo": {"use_liger_kernel": True, "gradient_checkpointing": False, "per_device_train_batch_size": 8}}
+
+
 def _train_trl(spec, arm, kind, lora, recipe_path, model_dir, data, out_dir, max_steps, timer) -> dict:
-    """Plain TRL: the trainer's config defaults; only the run length, lengths and logging are set."""
+    """Plain TRL: the trainer's config defaults ("trl") or an expert's settings ("trl_tuned", TRL_TUNED); only the run
+    length, lengths and logging are set besides."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     tok = AutoTokenizer.from_pretrained(model_dir)
+    tuned = TRL_TUNED.get(kind, {}) if spec["impl"] == "trl_tuned" and torch.cuda.is_available() else {}
     common = {"output_dir": str(out_dir), "max_steps": max_steps, "logging_steps": 1, "save_strategy": "no",
-              "report_to": "none", "disable_tqdm": True, **spec.get("trl_kwargs", {})}
+              "report_to": "none", "disable_tqdm": True, **tuned, **spec.get("trl_kwargs", {})}
     if not torch.cuda.is_available():
         common.setdefault("bf16", False)
     load = {"dtype": torch.bfloat16 if torch.cuda.is_available() else torch.float32}
@@ -359,7 +407,8 @@ def _train_fai(spec, arm, kind, lora, recipe_path, model_dir, data, out_dir, max
     from fai_rl.backends import algorithm_module
     from fai_rl.config import load_recipe
 
-    columns = {"sft": "text_column: text", "dpo": "prompt_column: prompt",
+    ragged_chat = spec.get("data") == "ragged" and kind == "sft"
+    columns = {"sft": "messages_column: messages" if ragged_chat else "text_column: text", "dpo": "prompt_column: prompt",
                "grpo": "prompt_column: prompt, answer_column: answer"}[kind]
     overrides = [
         f"model.base_model_name={model_dir}", f"training.output_dir={out_dir}", "training.overwrite_output_dir=true",
@@ -442,7 +491,7 @@ METRIC_COLUMNS = ("tokens_per_s", "gen_tokens_per_s", "median_step_s", "mfu", "p
 
 def markdown(results: list[dict], meta: dict) -> str:
     """A table per arm: plain TRL, fai-rl, and fai-rl / TRL for every metric."""
-    lines = [f"GPU: {meta['gpu']}; shape {meta['shape']}; seq {meta['seq']}; median of {meta['steps']} steps after "
+    lines = [f"GPU: {meta['gpu']}; shape {meta['shape']}; seq {meta['seq']}; data {meta.get('data', 'fixed')}; median of {meta['steps']} steps after "
              f"{meta['warmup']} warm-up; MFU against {meta['peak_tflops']} TF/s; {meta['date']}", "",
              "| arm | run | tokens/s | gen tokens/s | s/step | MFU | peak GiB | batch x accum | settings |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -466,9 +515,11 @@ def markdown(results: list[dict], meta: dict) -> str:
                 "gradient_checkpointing", "use_liger_kernel", "fast_generation", "optim") and v is not None)
             lines.append(f"| {arm} | {r['name']} | " + " | ".join(cell(r, k) for k in METRIC_COLUMNS)
                          + f" | {s['per_device_train_batch_size']}x{s['gradient_accumulation_steps']} | {flags} |")
-        base = next((r for r in rows if r["impl"] == "trl" and "error" not in r), None)
         best = next((r for r in rows if r["name"] == arm + ":fai" and "error" not in r), None)
-        if base and best:
+        for impl, label in (("trl", "TRL defaults"), ("trl_tuned", "tuned TRL")):
+            base = next((r for r in rows if r["impl"] == impl and "error" not in r), None)
+            if not (base and best):
+                continue
             ratios = []
             for k in METRIC_COLUMNS:  # s/step: TRL over fai-rl (a speed-up), every other column fai-rl over TRL
                 same_step = base["settings"]["sequences_per_step"] == best["settings"]["sequences_per_step"]
@@ -477,7 +528,7 @@ def markdown(results: list[dict], meta: dict) -> str:
                     ratios.append(f"{ratio:.2f}x")
                 else:
                     ratios.append("–")
-            lines.append(f"| {arm} | **fai-rl vs TRL** | " + " | ".join(ratios) + " |  |  |")
+            lines.append(f"| {arm} | **fai-rl vs {label}** | " + " | ".join(ratios) + " |  |  |")
     return "\n".join(lines) + "\n"
 
 
@@ -485,14 +536,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="where bench.json, bench.md and the runs go")
     p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma list of {', '.join(ARMS)}")
-    p.add_argument("--impls", default="trl,fai", help="trl (plain TRL defaults), fai (the shipped recipe)")
+    p.add_argument("--impls", default="trl,trl_tuned,fai",
+                   help="trl (plain TRL defaults), trl_tuned (an expert's TRL settings), fai (the shipped recipe)")
+    p.add_argument("--data", default="fixed", choices=["fixed", "ragged"],
+                   help="SFT/DPO rows all --seq tokens (fixed) or shaped like real chat data (ragged)")
     p.add_argument("--shape", default="qwen3-0.6b", choices=[s for s in SHAPES if s != "llama3.1-8b"])
     p.add_argument("--seq", type=int, default=2048, help="SFT/DPO sequence length")
     p.add_argument("--completion-tokens", type=int, default=COMPLETION_TOKENS, help="GRPO/GSPO completion length")
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run (median taken)")
     p.add_argument("--rl-steps", type=int, default=None, help="timed steps for GRPO/GSPO (default: --steps)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (compile, allocator, caches)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="MFU denominator (default 790 on an H100)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="MFU denominator (default 790 on an H100/H200)")
     p.add_argument("--variant", action="append", default=[],
                    help="an extra run NAME=ARM:IMPL:k=v;k=v (fai: recipe overrides; trl: config kwargs)")
     p.add_argument("--in-process", action="store_true", help="run every arm in this process (CPU smoke test)")
@@ -513,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gpu = gpu_name()
-    peak = args.peak_tflops or (790.0 if "H100" in gpu else None)
-    base = {"shape": args.shape, "seq": args.seq, "completion_tokens": args.completion_tokens,
+    peak = args.peak_tflops or (790.0 if "H100" in gpu or "H200" in gpu else None)  # same bf16 dense peak
+    base = {"shape": args.shape, "seq": args.seq, "completion_tokens": args.completion_tokens, "data": args.data,
             "warmup": args.warmup, "peak_tflops": peak, "work": str(out)}
     specs = []
     for arm in [a for a in args.arms.split(",") if a]:
@@ -537,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
             spec["trl_kwargs"] = {k: yaml.safe_load(val) for k, val in (x.split("=", 1) for x in kv)}
         specs.append(spec)
 
-    meta = {"gpu": gpu, "shape": args.shape, "seq": args.seq, "steps": args.steps, "warmup": args.warmup,
+    meta = {"gpu": gpu, "shape": args.shape, "seq": args.seq, "data": args.data, "steps": args.steps,
+            "warmup": args.warmup,
             "peak_tflops": peak, "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     results = []

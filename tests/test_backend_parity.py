@@ -252,7 +252,7 @@ LOCAL_ONLY_VALUES = {
     "model.use_flash_attention": "true", "model.low_cpu_mem_usage": "false", "model.ignore_mismatched_sizes": "true",
     "model.value_model_name": "fai-rl/tiny-sft", "data.remove_unused_columns": "true", "training.optim": "adafactor",
     "training.bf16": "true", "training.fp16": "true", "training.gradient_checkpointing": "true",
-    "training.deepspeed_config": "zero2", "training.packing": "true", "training.use_liger_kernel": "true",
+    "training.deepspeed_config": "zero2", "training.packing": "true", "training.padding_free": "false", "training.use_liger_kernel": "true",
     "training.fast_generation": "true", "training.dataloader_num_workers": "2", "training.dataloader_pin_memory": "true",
     "training.dataloader_drop_last": "true", "training.ddp_find_unused_parameters": "true",
     "training.save_only_model": "true", "training.prediction_loss_only": "true",

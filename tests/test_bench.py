@@ -27,7 +27,7 @@ def _bench():
 def test_bench_runs_trl_and_fai_rl_side_by_side_on_the_tiny_model(tmp_path):
     out = tmp_path / "bench"
     rc = _bench().main(["--out", str(out), "--shape", "tiny", "--seq", "32", "--steps", "2", "--warmup", "0",
-                        "--arms", "sft_full,grpo", "--completion-tokens", "4", "--in-process"])
+                        "--arms", "sft_full,grpo", "--completion-tokens", "4", "--in-process", "--impls", "trl,fai"])
     assert rc == 0
     report = json.loads((out / "bench.json").read_text())
     runs = {r["name"]: r for r in report["results"]}
@@ -42,7 +42,25 @@ def test_bench_runs_trl_and_fai_rl_side_by_side_on_the_tiny_model(tmp_path):
     assert (fai["use_liger_kernel"], fai["gradient_checkpointing"]) == (False, False)  # resolved for a CPU
     assert runs["grpo:fai"]["settings"]["fast_generation"] is False
     table = (out / "bench.md").read_text()
-    assert "| sft_full | **fai-rl vs TRL** |" in table and report["meta"]["gpu"].startswith("cpu")
+    assert "| sft_full | **fai-rl vs TRL defaults** |" in table and report["meta"]["gpu"].startswith("cpu")
+
+
+def test_ragged_data_counts_real_tokens_against_tuned_trl(tmp_path):
+    out = tmp_path / "bench"
+    rc = _bench().main(["--out", str(out), "--shape", "tiny", "--seq", "256", "--steps", "2", "--warmup", "0",
+                        "--arms", "sft_full", "--data", "ragged", "--impls", "trl_tuned,fai", "--in-process"])
+    assert rc == 0
+    runs = {r["name"]: r for r in json.loads((out / "bench.json").read_text())["results"]}
+    assert set(runs) == {"sft_full:trl_tuned", "sft_full:fai"}
+    rows = [json.loads(line) for line in (out / "data-sft_full-256-ragged.jsonl").read_text().splitlines()]
+    lengths = [sum(len(m["content"].split()) for m in r["messages"]) for r in rows]
+    assert len(rows) == 256 and 32 <= min(lengths) < 150 and max(lengths) == 256 and len(set(lengths)) > 20
+    for run in runs.values():
+        assert "error" not in run and run["data"] == "ragged"
+        # real tokens: the rows' mean length, not the padded --seq
+        per_row = sum(lengths) / len(lengths)
+        assert run["tokens_per_step"] == round(run["settings"]["sequences_per_step"] * per_row)
+    assert "**fai-rl vs tuned TRL**" in (out / "bench.md").read_text()
 
 
 def test_flops_per_token_matches_the_stated_formula():

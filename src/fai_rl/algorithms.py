@@ -5,7 +5,7 @@ fills into null training keys, what data it reads, what it can do (sample groups
 how it is trained (HF Trainer / TRL, or a loop written here) and the module that trains it on each backend. The
 schema's choices, the rules, the key-support groups, dispatch, model loading and the docs ask the spec instead.
 
-This module imports nothing of fai_rl and nothing heavy (config/schema.py imports it). Modules are named as strings
+This module imports nothing of fai_rl and nothing heavy (config/schema_fields.py imports it). Modules are named as strings
 and imported on use. Adding an algorithm: one spec here, its module(s), its recipe and its test.
 """
 
@@ -52,6 +52,8 @@ class AlgorithmSpec:
     rollout_loop: bool = False
     reward_model_alone: bool = False  # model.reward_model_name alone is a reward (no rewards: section needed)
     liger_by_default: bool = False  # training.use_liger_kernel null means on (with a CUDA GPU and liger installed)
+    # training.padding_free null means on: a batch's rows laid end to end in one sequence, no compute on padding
+    padding_free_by_default: bool = False
 
     def __post_init__(self) -> None:
         for f in ("defaults", "modules", "workflow_modules"):  # frozen all the way down: a spec is shared
@@ -77,7 +79,7 @@ REGISTRY: dict[str, AlgorithmSpec] = {s.name: s for s in (
     AlgorithmSpec(
         "sft", "supervised fine-tuning on prompt/reply rows or chat messages, loss on the reply",
         "supervised fine-tuning", family="supervised", data="rows", modules=_modules("sft", "sft"),
-        liger_by_default=True,
+        liger_by_default=True, padding_free_by_default=True,
     ),
     AlgorithmSpec(  # CPT is SFT on packed raw text, loss on every token: the SFT module on each backend
         "cpt", "continued pre-training: next-token loss on raw text packed into data.max_length blocks",

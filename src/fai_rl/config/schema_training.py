@@ -71,6 +71,13 @@ class TrainingConfig:
         help="Liger Triton kernels (RMSNorm, RoPE, SwiGLU) for SFT and DPO; null: on with a CUDA GPU when liger-kernel "
         "is installed (pip install 'fai-rl[liger]'), else off.",
     )
+    padding_free: Optional[bool] = _f(
+        None,
+        help="SFT: lay each batch's rows end to end in one sequence (position ids restart per row, attention stays "
+        "inside each row), so no compute goes to padding; the same loss and gradients as the padded batch. null: on "
+        "for SFT where a varlen attention kernel exists (a CUDA GPU: torch's varlen_attn or flash-attention 2), off on "
+        "CPU, where masked attention over the whole row is slower than padding.",
+    )
     fast_generation: Optional[bool] = _f(
         None,
         help="GRPO/GSPO: sample with a static KV cache and a compiled, CUDA-graphed decode step (same sampling, far "

@@ -22,6 +22,7 @@ from fai_rl.models.load import (
     use_fast_generation,
     use_gradient_checkpointing,
     use_liger_kernel,
+    use_padding_free,
 )
 from fai_rl.s3 import Uploads, fetch_resume_checkpoint
 
@@ -75,6 +76,8 @@ def start_cpu_processes() -> bool:
 def resolved_performance(recipe: Recipe) -> dict:
     """The speed settings this machine resolves the recipe's null ("auto") values to; logged at the start of a run."""
     perf = {"gradient_checkpointing": use_gradient_checkpointing(recipe), "use_liger_kernel": use_liger_kernel(recipe)}
+    if spec_of(recipe.training.algorithm).data == "rows":  # SFT's batches (CPT's blocks are all full already)
+        perf["padding_free"] = use_padding_free(recipe)
     if spec_of(recipe.training.algorithm).samples_groups:  # TRL's GRPO generation (PPO's loop has its own)
         perf["fast_generation"] = use_fast_generation(recipe) and not recipe.training.use_vllm
     return perf

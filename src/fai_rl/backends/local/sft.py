@@ -30,7 +30,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.data.formats import KINDS
 from fai_rl.data.prepare import SFTData, prepare_data
 from fai_rl.data.tokenize import IGNORE, tokenize_sft
-from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config
+from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config, use_padding_free
 
 
 PREVIEW_TOKENS = 400  # of a CPT block in --dry-run (a block is max_length tokens, often thousands)
@@ -108,14 +108,18 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir, callbacks: list | 
     def as_dataset(rows):
         return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
+    packing = recipe.training.packing and not d.packed  # CPT blocks are packed already
+    padding_free = use_padding_free(recipe)
     args = SFTConfig(
         **trainer_arguments(recipe, has_eval),
-        max_length=recipe.data.max_length,
-        packing=recipe.training.packing and not d.packed,  # CPT blocks are packed already
+        # padding-free: the rows are cut to data.max_length already (TRL refuses a max_length it would not enforce)
+        max_length=None if padding_free and not packing else recipe.data.max_length,
+        packing=packing,
+        padding_free=padding_free,
         completion_only_loss=False,  # the labels we built already hold the mask
     )
     trainer = SFTTrainer(
-        model=load_causal_lm(recipe.model),
+        model=load_causal_lm(recipe.model, padding_free=padding_free and not packing),
         args=args,
         train_dataset=as_dataset(d.train),
         eval_dataset=as_dataset(d.eval) if has_eval else None,
