@@ -260,7 +260,7 @@ def load_causal_lm(model: ModelConfig, padding_free: bool = False):
     if padding_free and attention in (None, "sdpa"):
         from fai_rl.models import varlen
 
-        attention = varlen.register() if varlen.available() else attention
+        attention = varlen.register()  # varlen_attn on a GPU, one SDPA call per row elsewhere
     if attention is not None:
         kwargs["attn_implementation"] = attention
     try:
