@@ -111,6 +111,6 @@ def test_checkpointing_auto_is_off_where_the_run_fits_and_on_where_it_does_not(r
     r = load_recipe(ROOT / "recipes" / recipe, ["model.base_model_name=fai-rl/tiny"])
     assert r.training.gradient_checkpointing is None  # auto in the shipped recipe
     tiny = estimated_gpu_bytes(r)
-    assert 0 < tiny < 2**30  # a 0.8M-parameter model fits anywhere: no recompute
+    assert 0 < tiny < 2 * 2**30  # a 0.8M-parameter model fits any GPU: no recompute
     r.training.per_device_train_batch_size *= 1000
     assert estimated_gpu_bytes(r) > 500 * tiny  # activations grow with the micro-batch: checkpointing turns on
