@@ -15,7 +15,7 @@ quickstart:
 test:
 	scripts/install.sh dev
 	tests/tinker_harness/install.sh
-	.venv/bin/python -m pytest -q -n 2 --dist worksteal
+	.venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=15
 
 # Regenerate the schema reference from the schema (a test fails when it drifts).
 docs:

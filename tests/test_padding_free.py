@@ -130,3 +130,16 @@ def test_the_varlen_kernel_gives_the_padded_batch_result_on_a_gpu():
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     for i, (start, n) in enumerate(zip(starts, lengths, strict=True)):
         assert torch.allclose(per_packed[start : start + n], per_padded[i, :n], atol=2e-2), i  # bf16 kernels
+
+
+def test_a_batch_of_equal_rows_stays_an_ordinary_batch_and_a_ragged_one_goes_padding_free():
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from fai_rl.backends.local.sft import PaddedWhenEven
+
+    collate = PaddedWhenEven(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))
+    even = collate([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9, 10], "labels": [8, 9, 10]}])
+    assert even["input_ids"].shape == (2, 3) and bool(even["attention_mask"].all())  # no padding, SDPA's batch
+    ragged = collate([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}])
+    assert ragged["input_ids"].shape == (1, 5) and ragged["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert collate.inner.padding_free  # restored after the even batch
