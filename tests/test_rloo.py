@@ -75,8 +75,8 @@ def test_rloo_raises_the_reward_on_tinker(tmp_path, tinker_server, monkeypatch):
     out = tmp_path / "rloo-tinker"
     assert main(["--recipe", str(RECIPE), "training.backend=tinker", f"tinker.base_url={tinker_server.base_url}",
                  "model.base_model_name=fai-rl/tiny-sft", "tinker.lora_rank=8", f"training.output_dir={out}",
-                 "training.max_steps=12", "training.eval_steps=null", "training.logging_steps=1",
-                 "training.learning_rate=1e-3", "training.per_device_train_batch_size=64",
+                 "training.max_steps=8", "training.eval_steps=null", "training.logging_steps=1",
+                 "training.learning_rate=2e-3", "training.per_device_train_batch_size=64",
                  "training.num_generations_eval=8", "training.per_device_eval_batch_size=128",
                  "tinker.download_final=false", "data.datasets[0].max_samples=16",
                  "data.eval_datasets[0].split=train", "data.eval_datasets[0].max_samples=16"]) == 0
