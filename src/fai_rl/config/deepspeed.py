@@ -1,7 +1,8 @@
 """DeepSpeed configs: the shipped ones, finding the file a recipe names, and filling its "auto" values from the recipe.
 
 `training.deepspeed_config` is a path to a DeepSpeed JSON file, or the name of a shipped one (`zero2`, `zero3.json`,
-`recipes/deepspeed/zero3_offload.json`). Values the recipe already decides (micro batch, gradient accumulation,
+`recipes/deepspeed/zero3_offload.json`). The shipped files live in the package (fai_rl/config/deepspeed_configs/, so an
+installed wheel has them wherever it runs); the repository's recipes/deepspeed/ holds links to them. Values the recipe already decides (micro batch, gradient accumulation,
 clipping, bf16) are written "auto" in the shipped files and filled here, so the recipe stays the one place they are
 set; a user's file that sets them to other numbers is a recipe error. No torch here: the launcher and the recipe
 rules read these files before any model loads.
@@ -17,7 +18,7 @@ from fai_rl.algorithms import spec_of
 from fai_rl.config.schema import Recipe
 
 SHIPPED = ("zero1", "zero2", "zero3", "zero3_offload")
-SHIPPED_DIR = Path(__file__).resolve().parents[3] / "recipes" / "deepspeed"
+SHIPPED_DIR = Path(__file__).resolve().parent / "deepspeed_configs"
 
 
 def deepspeed_config_path(value: str) -> Path | None:
