@@ -207,13 +207,49 @@ def test_grpo_same_steps_rates_and_names(tmp_path, tinker_env):
                           "training.per_device_train_batch_size=8", "training.num_generations=4",
                           "training.num_iterations=2", "training.max_steps=null", "training.num_train_epochs=1",
                           "training.warmup_steps=2", "training.lr_scheduler_type=cosine", "training.beta=0.02",
-                          "training.max_completion_length=4")
+                          "training.max_completion_length=4", "training.log_rollouts_every=4", "wandb.enabled=true",
+                          "wandb.mode=offline", "wandb.project=fai-rl-tests")
     _assert_same_steps_and_rates(local, tinker)
     assert json.loads((tinker / "summary.json").read_text())["global_step"] == 8
     shared = {"reward", "reward_std", "rewards/exact_match/mean", "rewards/exact_match/std", "frac_reward_zero_std",
               "completions/mean_length", "completions/max_length", "completions/clipped_ratio", "kl",
-              "learning_rate", "num_tokens"}
+              "learning_rate", "num_tokens", "loss", "entropy"}
     assert shared <= _keys(local) & _keys(tinker), (shared - _keys(local), shared - _keys(tinker))
+    # what the Tinker driver adds (fai_rl.backends.tinker.rl_metrics): sampler-vs-trainer drift, batch statistics at
+    # each round's first step, time per phase. A round's first update sees the weights that sampled it (sampler and
+    # trainer are one JAX engine on the local server: drift ~1e-7); its second (num_iterations 2) sees them after one
+    # update, so its drift includes that change (measured up to ~0.01 at this learning rate)
+    rows = _train_rows(tinker)
+    rounds = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in rounds] == [1, 3, 5, 7]
+    first = [(r["kl_sample_train"], r["kl_sample_train_v2"]) for r in rounds]
+    assert all(abs(v1) < 1e-4 and 0 <= v2 < 1e-6 for v1, v2 in first), first
+    assert all(abs(r["kl_sample_train"]) < 0.1 and r["time/train"] > 0 and abs(r["loss"]) < 10 for r in rows)
+    assert all(r["time/sample"] > 0 and r["tokens/prompt"] > 0 and r["tokens/completion"] > 0 and
+               "advantages/std" in r for r in rounds)
+    print(f"\ntinker GRPO: kl_sample_train at a round's first update max |{max(abs(v) for v, _ in first):.1e}|, "
+          f"after one update max |{max(abs(r['kl_sample_train']) for r in rows):.1e}|; entropy {rows[0]['entropy']:.3f}"
+          f" (local {_train_rows(local)[0]['entropy']:.3f})")
+    for out in (local, tinker):  # the same transcripts and the same wandb feed on both backends
+        names = sorted(p.name for p in (out / "rollouts").iterdir())
+        assert names == [f"step-{n}.{ext}" for n in (1, 4, 8) for ext in ("html", "jsonl")], names
+        shown = [json.loads(line) for line in (out / "rollouts" / "step-4.jsonl").read_text().splitlines()]
+        assert len(shown) == 8 and [r["group"] for r in shown] == [0] * 4 + [1] * 4  # 2 prompts x 4 completions
+        assert all(r["completion"] in (out / "rollouts" / "step-4.html").read_text() or "<" in r["completion"]
+                   for r in shown)
+        _assert_wandb_holds_metrics(out, table_steps=(1, 4, 8))
+
+
+def _assert_wandb_holds_metrics(out, table_steps=()):
+    """Every metrics.jsonl value is in the offline wandb run at its step (rows at one step merge there)."""
+    from wandb_records import history
+
+    logged, expected = history(out), {}
+    for row in _metrics(out):
+        expected.setdefault(row.pop("step"), {}).update(row)
+    for step, row in expected.items():
+        assert {k: logged[step].get(k) for k in row} == pytest.approx(row, nan_ok=True), step
+    assert [s for s in sorted(logged) if "rollouts/_type" in logged[s]] == list(table_steps)
 
 
 @pytest.mark.tinker

@@ -21,6 +21,7 @@ from pathlib import Path
 from fai_rl.config.load import recipe_to_yaml
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
+from fai_rl.tracking import log_to_wandb
 
 RUN_MARKERS = ("recipe.resolved.yaml", "metrics.jsonl", "final")
 # counters and run totals that are not worth a curve
@@ -72,11 +73,12 @@ class RunDir:
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
     def log_metrics(self, step: int, metrics: dict) -> None:
-        """Append one row to metrics.jsonl (numbers only)."""
+        """Append one row to metrics.jsonl (numbers only); the same row goes to the wandb run when there is one."""
         row = {"step": step}
         row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+        log_to_wandb(step, {k: v for k, v in row.items() if k != "step"})
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():

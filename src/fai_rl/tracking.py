@@ -1,13 +1,17 @@
 """Weights & Biases: start the run ourselves so its files live in output_dir and its config is the redacted recipe.
 
-HF Trainer's WandbCallback (report_to=["wandb"]) then logs into this run instead of starting its own. With no API key
-(`wandb.mode: auto`) the run is offline: real run files under output_dir/wandb/, synced later with `wandb sync`.
+What reaches the run is what reaches metrics.jsonl: RunDir.log_metrics (the one writer of metrics, on every backend
+and algorithm) sends each row here too, under the same names and step, so wandb and metrics.jsonl never disagree. HF
+Trainer's own WandbCallback is off for that reason (it renames keys to train/... and counts its own steps). Rollout
+transcripts add a table (fai_rl.transcripts). With no API key (`wandb.mode: auto`) the run is offline: real run files
+under output_dir/wandb/, synced later with `wandb sync`.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -58,3 +62,14 @@ def start_wandb(recipe: Recipe, output_dir: Path):
 def finish_wandb(run) -> None:
     if run is not None:
         run.finish()
+
+
+def log_to_wandb(step: int, values: dict) -> None:
+    """Send values (numbers, or wandb objects such as a Table) at `step` to the active wandb run; nothing without one.
+
+    wandb is looked up among the loaded modules, not imported: a run without wandb never pays its import.
+    """
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None)
+    if run is not None and values:
+        run.log(values, step=step)

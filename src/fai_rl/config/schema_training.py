@@ -134,6 +134,12 @@ class TrainingConfig:
     )
     temperature: float = _f(1.0, help="GRPO/GSPO/PPO: sampling temperature.")
     top_p: float = _f(1.0, help="GRPO/GSPO/PPO: nucleus sampling mass, in (0, 1].")
+    log_rollouts_every: int = _f(
+        10,
+        help="GRPO/GSPO/RLOO/PPO: at step 1 and every this many steps, write a few prompts with their sampled "
+        "completions, rewards and advantages to output_dir/rollouts/step-N.jsonl and step-N.html (and a wandb table "
+        "when wandb is on); 0: never.",
+    )
     # --- GRPO / GSPO
     epsilon: Optional[float] = _f(None, help="GRPO/GSPO: lower clip of the importance ratio (grpo 0.2, gspo 3e-4).")
     epsilon_high: Optional[float] = _f(

@@ -70,6 +70,14 @@ def _low_cpu_mem_false(r: Recipe) -> str | None:
             "transformers >= 5 always loads without a second copy of the weights; false has no effect")
 
 
+def _no_transcripts(r: Recipe) -> str | None:
+    if r.training.backend != "local":
+        return None
+    if spec_of(r.training.algorithm).rollout_loop or r.workflow.type != "single":  # loops written here, not TRL's
+        return "the local PPO and workflow loops write no rollout transcripts (the Tinker backend does)"
+    return None
+
+
 def _local(*algorithms: str, **kw) -> Support:
     return Support(algorithms=algorithms or ALL, backends=("local",), **kw)
 
@@ -210,6 +218,9 @@ KEYS: dict[str, Support] = {
                                               maps_to="GRPOConfig.max_completion_length"),
     "training.temperature": Support(algorithms=SAMPLING, maps_to="GRPOConfig.temperature / SamplingParams"),
     "training.top_p": Support(algorithms=SAMPLING, maps_to="GRPOConfig.top_p"),
+    "training.log_rollouts_every": Support(algorithms=SAMPLING, inert_when=_no_transcripts,
+                                           maps_to="output_dir/rollouts/step-N.jsonl and .html, wandb table "
+                                           "`rollouts` (fai_rl.transcripts)"),
     "training.epsilon": _fai(*RL, maps_to="GRPOConfig.epsilon"),
     "training.epsilon_high": _fai(*RL, maps_to="GRPOConfig.epsilon_high"),
     "training.loss_type": Support(algorithms=GROUP_NORMALISED, maps_to="GRPOConfig.loss_type"),
@@ -232,7 +243,7 @@ KEYS: dict[str, Support] = {
     "training.whiten_advantages": Support(algorithms=("ppo",), maps_to="PPO advantage whitening"),
     "training.missing_eos_penalty": Support(algorithms=("ppo",), maps_to="PPO penalty for completions without EOS"),
     # ---- wandb
-    "wandb.enabled": _fai(maps_to="report_to=['wandb'] / the Tinker loop's metrics"),
+    "wandb.enabled": _fai(maps_to="every metrics.jsonl row, under its names, on both backends (fai_rl.tracking)"),
     "wandb.project": _fai(maps_to="wandb.init(project=...)"),
     "wandb.entity": _fai(maps_to="wandb.init(entity=...)"),
     "wandb.name": _fai(maps_to="wandb.init(name=...)"),

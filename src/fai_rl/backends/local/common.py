@@ -151,7 +151,8 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
         "accelerator_config": {"use_configured_state": configured},  # keep the gloo state set up just above
         # false by default: every trainable weight is used, and the search costs a graph walk a step
         "ddp_find_unused_parameters": t.ddp_find_unused_parameters,
-        "report_to": ["wandb"] if recipe.wandb.enabled else "none",
+        # wandb gets metrics.jsonl's rows from RunDir.log_metrics (fai_rl.tracking), the same names on every backend
+        "report_to": "none",
         "include_num_input_tokens_seen": "non_padding" if count_input_tokens else "no",
         "dataloader_num_workers": t.dataloader_num_workers,
         "dataloader_pin_memory": t.dataloader_pin_memory if t.dataloader_pin_memory is not None

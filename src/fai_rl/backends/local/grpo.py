@@ -37,6 +37,7 @@ from fai_rl.backends.local.common import (
     run_trainer,
     trainer_arguments,
 )
+from fai_rl.backends.local.rollouts import RolloutTranscripts
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows
 from fai_rl.errors import BackendError
@@ -158,6 +159,7 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir, callbacks: list |
         peft_config=lora_config(recipe.model),
         callbacks=[MetricsCallback(run), *(callbacks or [])],  # extra: e.g. scripts/bench.py's step timer
     )
+    trainer.add_callback(RolloutTranscripts(recipe, run, trainer))  # rollouts/step-N.jsonl + .html, wandb table
     if resolved_performance(recipe)["fast_generation"]:
         enable_fast_generation(trainer)
         if recipe.model.use_lora and not (recipe.model.load_in_4bit or recipe.model.load_in_8bit

@@ -25,6 +25,7 @@ from fai_rl.algorithms import spec_of
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker import rollouts
 from fai_rl.backends.tinker.common import TinkerSession
+from fai_rl.backends.tinker.rl_metrics import mean_metrics, update_metrics
 from fai_rl.backends.tinker.rollouts import PreparedRL, RLAlgorithm
 from fai_rl.config.schema import Recipe
 from fai_rl.rl_math import group_advantages, leave_one_out_advantages, sequence_ratio_loss
@@ -70,7 +71,7 @@ ESTIMATORS = {
 def _advantages(samples, t) -> tuple[list[float], dict]:
     estimate = ESTIMATORS[spec_of(t.algorithm).advantage]
     advantages_n = estimate(torch.tensor([s.reward for s in samples]), t)
-    return advantages_n.tolist(), {"frac_reward_zero_std": _zero_std_fraction(samples, t.num_generations)}
+    return advantages_n.tolist(), {}  # frac_reward_zero_std and the other batch statistics: the driver's
 
 
 def update_policy(session: TinkerSession, recipe: Recipe, samples, per_token, step: int, iterations: int) -> dict:
@@ -84,8 +85,9 @@ def update_policy(session: TinkerSession, recipe: Recipe, samples, per_token, st
     """
     t, tinker = recipe.training, session.tinker
     data = [rollouts.rl_datum(tinker, s, adv_t) for s, adv_t in zip(samples, per_token, strict=True)]
-    out, seen = {}, {}
+    updates = []
     for _ in range(iterations):
+        seen: dict = {}
         if t.importance_sampling_level == "sequence":
             fb = session.training.forward_backward_custom(data, _gspo_loss(samples, per_token, t, seen))
         elif recipe.tinker.rl_loss == "ppo":
@@ -96,14 +98,16 @@ def update_policy(session: TinkerSession, recipe: Recipe, samples, per_token, st
         opt = session.training.optim_step(session.adam(step))
         result = session.wait(fb, f"forward_backward at step {step + 1}")
         session.wait(opt, f"optim_step at step {step + 1}")
-        # the custom loss's own value (the service's loss:sum of a custom loss is its linearisation)
-        out = {**rollouts.policy_loss_metrics(result, samples), **seen}
-    return out
+        # the custom loss's own value (the service's loss:sum of a custom loss is its linearisation), and the trainer
+        # log-probs it saw
+        logprobs = seen.pop("logprobs", None)
+        updates.append({**update_metrics(result, samples, logprobs), **seen})
+    return mean_metrics(updates)
 
 
 def _gspo_loss(samples, per_token, t, seen: dict):
     """The custom loss: logprobs_list[i] holds datum i's target log-probs under the current weights; its value is
-    kept in `seen` as the logged loss."""
+    kept in `seen` as the logged loss, the log-probs for the drift metrics."""
     starts = [len(s.prompt) - 1 for s in samples]
 
     def loss_fn(data, logprobs_list):
@@ -114,14 +118,10 @@ def _gspo_loss(samples, per_token, t, seen: dict):
         loss, metrics = sequence_ratio_loss(new, old, advantages, epsilon=t.epsilon,
                                             epsilon_high=t.epsilon_high)
         seen["loss"] = loss.item()
+        seen["logprobs"] = [lp.detach().tolist() for lp in logprobs_list]
         return loss, metrics
 
     return loss_fn
-
-
-def _zero_std_fraction(samples, group: int) -> float:
-    groups = [samples[i : i + group] for i in range(0, len(samples), group)]
-    return sum(len({s.reward for s in g}) == 1 for g in groups) / len(groups)
 
 
 def _objective(recipe: Recipe) -> str:

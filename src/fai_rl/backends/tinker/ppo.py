@@ -15,6 +15,7 @@ import statistics
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker import rollouts
 from fai_rl.backends.tinker.common import TinkerSession
+from fai_rl.backends.tinker.rl_metrics import mean_metrics, update_metrics
 from fai_rl.backends.tinker.rollouts import PreparedRL, RLAlgorithm
 from fai_rl.config.schema import Recipe
 from fai_rl.schedule import Schedule
@@ -102,9 +103,9 @@ def _update(session: TinkerSession, recipe: Recipe, samples, per_token, step: in
         for m in range(t.num_mini_batches):
             fb = session.training.forward_backward(data[m * size : (m + 1) * size], "ppo", config)
             pending.append((fb, session.training.optim_step(session.adam(step)), samples[m * size : (m + 1) * size]))
-    out = {}
+    updates = []
     for fb, opt, part in pending:  # all updates queued on the service, then awaited in order
         result = session.wait(fb, f"forward_backward at step {step + 1}")
         session.wait(opt, f"optim_step at step {step + 1}")
-        out = rollouts.policy_loss_metrics(result, part)
-    return out
+        updates.append(update_metrics(result, part))
+    return mean_metrics(updates)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fai_rl.artifacts import RunDir
+from fai_rl.transcripts import PROMPTS_SHOWN, due, write_transcript
 from fai_rl.backends.tinker.common import (
     StepLog,
     TinkerResume,
@@ -24,6 +25,7 @@ from fai_rl.backends.tinker.common import (
     find_tinker_resume,
     write_summary,
 )
+from fai_rl.backends.tinker.rl_metrics import batch_metrics, timed
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows, render_prompts
 from fai_rl.models.load import load_tokenizer
@@ -190,7 +192,8 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
     """Sample, score and update for the schedule's steps, evaluating and saving on the way; final/ and summary.json.
 
     A batch of completions serves every optimizer step of its round (fai_rl.schedule: GRPO's num_iterations, as
-    TRL); its metrics are logged at the round's first step, the learning rate and the update's at every step.
+    TRL); its metrics are logged at the round's first step, the learning rate and the update's at every step
+    (fai_rl.backends.tinker.rl_metrics says what each is); rollout transcripts every training.log_rollouts_every steps.
     """
     t = recipe.training
     schedule = Schedule(recipe, len(prepared.train))
@@ -211,14 +214,17 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             if schedule.round_of(step) != batch_key:
                 batch_key = schedule.round_of(step)
                 rows = [prepared.train[i] for i in schedule.rows(step)]
-                samples = sample(session, sampler, rows, algorithm.per_prompt, prepared, recipe,
-                                 f"sampling at step {step + 1}")
-                metrics = score(samples, prepared, recipe, algorithm.per_prompt)
+                with timed(metrics, "sample"):
+                    samples = sample(session, sampler, rows, algorithm.per_prompt, prepared, recipe,
+                                     f"sampling at step {step + 1}")
+                with timed(metrics, "score"):
+                    metrics.update(score(samples, prepared, recipe, algorithm.per_prompt))
+                    advantages, extra = algorithm.advantages(samples)
+                    ref = reference_logprobs(session, reference, samples) if reference else [None] * len(samples)
                 generated += sum(len(s.completion) for s in samples)
                 tokens += sum(len(s.tokens()) for s in samples)
-                advantages, extra = algorithm.advantages(samples)
                 metrics.update(extra, num_tokens=tokens)
-                ref = reference_logprobs(session, reference, samples) if reference else [None] * len(samples)
+                metrics.update(batch_metrics(samples, advantages, algorithm.per_prompt))
                 per_token, kls = [], []
                 for s, a, ref_t in zip(samples, advantages, ref, strict=True):
                     adv_t, kl = kl_adjusted(a, s, ref_t, algorithm.kl_coef)
@@ -226,14 +232,20 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                     kls.append(kl)
                 if reference:
                     metrics["kl"] = statistics.fmean(kls)
-                batch = samples, per_token
+                batch = samples, per_token, advantages
             metrics["learning_rate"] = schedule.learning_rate(step)
             metrics["epoch"] = schedule.epoch(step)
-            metrics.update(algorithm.update(session, *batch, step))
+            with timed(metrics, "train"):
+                metrics.update(algorithm.update(session, *batch[:2], step))
             done = step + 1
+            if due(done, t.log_rollouts_every):
+                shown, _, shown_advantages = batch
+                write_transcript(run.path, done, transcript_rows(prepared.tokenizer, shown,
+                                                                             shown_advantages, algorithm.per_prompt))
             eval_due = bool(prepared.eval) and (done == total or bool(t.eval_steps and done % t.eval_steps == 0))
             if eval_due or (done < total and schedule.round_of(done) != batch_key):
-                sampler = session.sampling_client(f"sampler-{done:06d}")
+                with timed(metrics, "wait"):
+                    sampler = session.sampling_client(f"sampler-{done:06d}")
             metrics["step_time_s"] = time.time() - step_began
             log(done, algorithm.metric_names(metrics))
             if eval_due and done != total:
@@ -251,11 +263,13 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                          **summary)
 
 
-def policy_loss_metrics(result, samples: list[Sample]) -> dict[str, float]:
-    """The service's loss per completion token (TRL's default dapo normalisation) and its clip counters; the share
-    of clipped ratios under TRL's name (clip_ratio/region_mean)."""
-    out = {("clip_ratio/region_mean" if k == "clip_ratio" else k): float(v)
-           for k, v in (result.metrics or {}).items() if k.startswith("clip")}
-    if result.metrics and "loss:sum" in result.metrics:
-        out["loss"] = float(result.metrics["loss:sum"]) / max(1, sum(len(s.completion) for s in samples))
-    return out
+def transcript_rows(tokenizer, samples: list[Sample], advantages: list[float], per_prompt: int) -> list[dict]:
+    """The first prompts of a batch (groups of `per_prompt` consecutive samples) for fai_rl.transcripts: the prompt
+    as the model saw it (chat template included), each completion, its reward and advantage."""
+    shown = samples[: PROMPTS_SHOWN * per_prompt]
+    prompts: dict[int, str] = {}
+    return [{"group": i // per_prompt,
+             "prompt": prompts.setdefault(i // per_prompt, tokenizer.decode(s.prompt)),
+             "completion": s.text, "reward": s.reward, "advantage": a, "completion_tokens": len(s.completion),
+             "stopped": s.stopped}
+            for i, (s, a) in enumerate(zip(shown, advantages, strict=False))]

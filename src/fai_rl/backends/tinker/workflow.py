@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from fai_rl.transcripts import due, first_groups, write_transcript
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker.common import (
     StepLog,
@@ -27,6 +28,7 @@ from fai_rl.backends.tinker.common import (
     write_summary,
 )
 from fai_rl.backends.tinker.grpo import update_policy
+from fai_rl.backends.tinker.rl_metrics import batch_metrics, timed
 from fai_rl.backends.tinker.rollouts import Sample
 from fai_rl.config.schema import Recipe
 from fai_rl.models.load import load_tokenizer
@@ -77,6 +79,14 @@ def as_samples(scored) -> tuple[list[Sample], list[list[float]]]:
     return samples, [[s.advantage] * len(s.step.completion_tokens) for s in scored]
 
 
+def transcript_rows(tokenizer, scored) -> list[dict]:
+    """The steps of the first prompts (grouped by prompt, in order) for fai_rl.transcripts, with their roles."""
+    prompts = [tokenizer.decode(s.step.prompt_tokens) for s in scored]
+    return [{"group": g, "role": s.role, "prompt": p, "completion": s.step.text, "reward": s.step.reward,
+             "advantage": s.advantage, "completion_tokens": len(s.step.completion_tokens)}
+            for s, p, g in zip(scored, prompts, first_groups(prompts), strict=True) if g >= 0]
+
+
 def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict:
     t, w = recipe.training, recipe.workflow
     schedule = Schedule(recipe, len(prepared.train))  # the local workflow loop's steps, task order and learning rate
@@ -95,19 +105,26 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
         if start == 0 and prepared.eval:
             log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
         for step in range(start, total):
-            step_began = time.time()
+            step_began, metrics = time.time(), {}
             tasks = [prepared.train[i] for i in schedule.rows(step)]
-            episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)],
-                                    sampler)
+            with timed(metrics, "sample"):  # the workflow scores its episodes as it runs them
+                episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)],
+                                        sampler)
             scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
                                      w.norm_adv_by_std)
             generated += sum(len(s.step.completion_tokens) for s in scored)
-            metrics = {**rollout_metrics(episodes), "learning_rate": schedule.learning_rate(step)}
+            metrics.update(rollout_metrics(episodes), learning_rate=schedule.learning_rate(step))
+            samples, per_token = as_samples(scored)
+            metrics.update(batch_metrics(samples, [s.advantage for s in scored], per_prompt=1))
             # num_iterations updates at this step's learning rate, as the local workflow loop makes them
-            metrics.update(update_policy(session, recipe, *as_samples(scored), step, t.num_iterations))
-            sampler.client = session.sampling_client(f"sampler-{step + 1:06d}")
-            metrics["step_time_s"] = time.time() - step_began
+            with timed(metrics, "train"):
+                metrics.update(update_policy(session, recipe, samples, per_token, step, t.num_iterations))
             done = step + 1
+            if due(done, t.log_rollouts_every):
+                write_transcript(run.path, done, transcript_rows(prepared.tokenizer, scored))
+            with timed(metrics, "wait"):
+                sampler.client = session.sampling_client(f"sampler-{done:06d}")
+            metrics["step_time_s"] = time.time() - step_began
             log(done, metrics)
             if prepared.eval and t.eval_steps and done % t.eval_steps == 0 and done != total:
                 log(done, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
