@@ -86,10 +86,12 @@ def test_bad_data_row_is_named_by_file_line_and_nothing_is_written(write_recipe,
 
 def test_dry_run_shows_examples_loss_mask_stats_recipe_and_launch(write_recipe, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("--recipe", str(write_recipe(tiny_recipe(out))), "--dry-run", "data.system_prompt=Be brief.")
+    proc = run_cli("--recipe", str(write_recipe(tiny_recipe(out))), "--dry-run", "--verbose",
+                   "data.system_prompt=Be brief.")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    assert "recipe OK" in text and "# resolved recipe" in text and "system_prompt: Be brief." in text
+    assert "recipe OK" in text and "data.system_prompt='Be brief.'" in text.split("# data")[0]  # the short header
+    assert "# resolved recipe (what recipe.resolved.yaml will hold)" in text and "system_prompt: Be brief." in text
     assert "data.datasets[0] = completion" in text
     assert "train: 256 examples; tokens min" in text and "eval:  64 examples" in text
     # the rendered example: system + user carry no loss, the answer and its end-of-turn token do
@@ -168,17 +170,40 @@ def _wait_for_exit(pid: int, timeout: float) -> None:
     raise AssertionError(f"detached run {pid} still running after {timeout}s")
 
 
-def test_every_run_writes_its_log_and_a_refused_run_none(write_recipe, tmp_path):
+def test_every_run_writes_its_log_header_and_card_and_a_refused_run_none(write_recipe, tmp_path):
     out = tmp_path / "run"
     path = write_recipe(tiny_recipe(out))
-    proc = run_cli("--recipe", str(path), "training.max_steps=2", "training.eval_steps=null")
+    # model.lora_r without use_lora: a FAI-RL key this run ignores, said in a note and kept out of the header
+    proc = run_cli("--recipe", str(path), "training.max_steps=2", "training.eval_steps=null", "model.lora_r=8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     (log,) = (out / "logs").glob("train-*.log")
     assert f"log: {log}" in proc.stdout
     text = log.read_text()
-    # what the console showed from the start (the notes and the resolved recipe) to the closing table
+    # what the console showed from the start (the notes and the header) to the closing table
     assert "# resolved recipe" in text and "artefacts in" in text
     assert all(line in proc.stdout + proc.stderr for line in text.splitlines())
+    assert "note: model.lora_r: no effect without model.use_lora" in proc.stdout
+    # the header: short, what runs, the changed keys; the whole recipe is in output_dir
+    lines = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# resolved recipe"))
+    labels = (" ", "algorithm:", "model:", "data:", "steps:", "precision:", "performance:", "changed:")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(labels))
+    header = "\n".join(lines[start:end])
+    assert end - start < 30, header
+    assert "sft (supervised fine-tuning), locally, 1 process" in header and "model:       fai-rl/tiny" in header
+    assert "train 256 rows from fai-rl/arithmetic" in header and "eval 64 rows" in header
+    assert "steps:       2 (training.max_steps)" in header and "precision:   float32" in header
+    assert "performance: gradient_checkpointing off" in header and "training.learning_rate=0.003" in header
+    for ignored in ("lora_r", "cliprange", "num_generations", "tinker", "judge", "beta", "s3", "wandb"):
+        assert ignored not in header, ignored
+    assert len((out / "recipe.resolved.yaml").read_text().splitlines()) > 3 * (end - start)
+    # the closing table: SFT's headline metrics; the run card is ours, not TRL's (which a checkpoint would write)
+    assert "eval_loss" in proc.stdout.split("metric ", 1)[1] and list(out.glob("checkpoint-*"))
+    card = (out / "README.md").read_text()
+    assert "`fai-rl/tiny` post-trained with fai-rl by supervised fine-tuning for 2 steps" in card
+    assert "None" not in card and "generated_from_trainer" not in card
+    assert "| eval_loss |" in card and "`fai-rl/arithmetic` (split `train`, at most 256 rows)" in card
+    assert f"fai-rl-train --recipe {path} training.max_steps=2" in card
     refused = tmp_path / "refused"
     proc = run_cli("--recipe", str(path), f"training.output_dir={refused}", "data.datasets[0].name=missing.jsonl")
     assert proc.returncode == 2 and not refused.exists()

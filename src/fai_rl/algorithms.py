@@ -54,6 +54,11 @@ class AlgorithmSpec:
     liger_by_default: bool = False  # training.use_liger_kernel null means on (with a CUDA GPU and liger installed)
     # training.padding_free null means on: a batch's rows laid end to end in one sequence, no compute on padding
     padding_free_by_default: bool = False
+    # The metrics that say whether this algorithm is learning, most telling first: they lead curves.png and make the
+    # closing before/after table and the run card's results (those the run logged).
+    headline_metrics: tuple[str, ...] = ("eval_loss", "loss")
+    # Metrics its trainer logs that mean nothing for it: neither drawn nor tabled.
+    meaningless_metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for f in ("defaults", "modules", "workflow_modules"):  # frozen all the way down: a spec is shared
@@ -74,34 +79,46 @@ def _modules(local: str, tinker: str) -> dict[str, str]:
     return {"local": f"fai_rl.backends.local.{local}", "tinker": f"fai_rl.backends.tinker.{tinker}"}
 
 
+# Group-sampling RL: the reward (held-out, then on the training samples), drift from the start, completion length.
+_RL_HEADLINE = ("eval_reward", "reward", "kl", "completions/mean_length")
+# TRL's GRPO/RLOO eval_loss is the clipped surrogate on freshly sampled eval completions: with on-policy ratios of 1 it
+# is minus the mean advantage, noise around 0, not a held-out loss (a "+204%" of it says nothing).
+_RL_MEANINGLESS = ("eval_loss",)
+
 # In the order the schema offers them (training.algorithm's choices, the docs).
 REGISTRY: dict[str, AlgorithmSpec] = {s.name: s for s in (
     AlgorithmSpec(
         "sft", "supervised fine-tuning on prompt/reply rows or chat messages, loss on the reply",
         "supervised fine-tuning", family="supervised", data="rows", modules=_modules("sft", "sft"),
         liger_by_default=True, padding_free_by_default=True,
+        headline_metrics=("eval_loss", "loss", "eval_reward", "eval_mean_token_accuracy", "mean_token_accuracy"),
     ),
     AlgorithmSpec(  # CPT is SFT on packed raw text, loss on every token: the SFT module on each backend
         "cpt", "continued pre-training: next-token loss on raw text packed into data.max_length blocks",
         "continued pre-training (next-token loss on packed raw text)", family="supervised", data="text",
         modules=_modules("sft", "sft"),
+        headline_metrics=("eval_loss", "loss", "eval_mean_token_accuracy", "mean_token_accuracy"),
     ),
     AlgorithmSpec(
         "dpo", "direct preference optimisation on chosen/rejected pairs (Rafailov et al., 2023)",
         "DPO (direct preference optimisation)", family="preference", data="pairs", defaults={"beta": 0.1},
         modules=_modules("dpo", "dpo"), liger_by_default=True,
+        headline_metrics=("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss", "rewards/accuracies",
+                          "rewards/margins", "loss"),
     ),
     AlgorithmSpec(
         "ppo", "proximal policy optimisation: clipped ratios over rollouts; on the local backend a value model and GAE "
         "(Schulman et al., 2017)",
         "PPO (proximal policy optimisation)", family="rl", data="prompts", modules=_modules("ppo", "ppo"),
         has_critic=True, rollout_loop=True, reward_model_alone=True,
+        headline_metrics=("eval_reward", "reward", "kl", "value_loss"),
     ),
     AlgorithmSpec(
         "grpo", "group relative policy optimisation: rewards of a group of samples per prompt (Shao et al., 2024)",
         "GRPO (group relative policy optimisation)", family="rl", data="prompts",
         defaults={"beta": 0.0, "epsilon": 0.2, "loss_type": "dapo", "importance_sampling_level": "token"},
         modules=_modules("grpo", "grpo"), workflow_modules=_modules("workflow", "workflow"), samples_groups=True,
+        headline_metrics=_RL_HEADLINE, meaningless_metrics=_RL_MEANINGLESS,
     ),
     AlgorithmSpec(  # GRPO with sequence-level importance ratios and the paper's settings: the GRPO module
         "gspo", "group sequence policy optimisation: GRPO with sequence-level ratios (Zheng et al., 2025)",
@@ -110,12 +127,14 @@ REGISTRY: dict[str, AlgorithmSpec] = {s.name: s for s in (
                   "importance_sampling_level": "sequence"},
         modules=_modules("grpo", "grpo"), workflow_modules=_modules("workflow", "workflow"), samples_groups=True,
         sequence_ratios=True,
+        headline_metrics=_RL_HEADLINE, meaningless_metrics=_RL_MEANINGLESS,
     ),
     AlgorithmSpec(  # GRPO's sampling and clipped update with the leave-one-out baseline: the GRPO modules
         "rloo", "REINFORCE leave-one-out: each sample's reward minus the mean of its group's others (Ahmadian et al., "
         "2024)",
         "RLOO (REINFORCE leave-one-out)", family="rl", data="prompts", defaults={"beta": 0.0, "epsilon": 0.2},
         modules=_modules("grpo", "grpo"), samples_groups=True, advantage="leave_one_out",
+        headline_metrics=_RL_HEADLINE, meaningless_metrics=_RL_MEANINGLESS,
     ),
 )}
 

@@ -4,7 +4,8 @@
       recipe.resolved.yaml   the recipe after defaults and overrides, secrets removed
       metrics.jsonl          one JSON object per logging/eval step: {"step": N, "loss": ..., ...}
       summary.json           first and last value of each metric, runtime, tokens/s
-      curves.png             the metrics drawn against step
+      curves.png             the metrics drawn against step, the algorithm's headline metrics first
+      README.md              the run's card: base model, data, algorithm, headline before/after, the command
       final/                 HF model dir, or PEFT adapter + fai_rl.json naming its base
       checkpoint-N/          resumable checkpoints (local backend)
       logs/                  train-<time>.log of every run (what the console showed); --nohup pid files
@@ -18,6 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
+from fai_rl.algorithms import spec_of
 from fai_rl.config.load import recipe_to_yaml
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
@@ -26,7 +28,7 @@ from fai_rl.tracking import log_to_wandb
 RUN_MARKERS = ("recipe.resolved.yaml", "metrics.jsonl", "final")
 # counters and run totals that are not worth a curve
 _NOT_CURVES = {"epoch", "num_input_tokens_seen", "num_tokens", "eval_num_tokens", "total_flos"}
-_RATE_SUFFIXES = ("_runtime", "per_second")
+_RATE_SUFFIXES = ("_runtime", "per_second", "step_time", "step_time_s")  # timings: summary.json says them
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -61,7 +63,7 @@ class RunDir:
     def start(self, recipe: Recipe, resume_step: int | None = None) -> None:
         """Create the dir and write the resolved recipe; on resume keep metrics up to the resumed step."""
         if resume_step is None and recipe.training.overwrite_output_dir and self.path.exists():
-            for name in ("metrics.jsonl", "summary.json", "curves.png"):
+            for name in ("metrics.jsonl", "summary.json", "curves.png", "README.md"):
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "final", ignore_errors=True)
             for ckpt in checkpoints(self.path):
@@ -103,30 +105,20 @@ class RunDir:
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         return summary
 
-    def plot_curves(self) -> Path | None:
-        """curves.png: one panel per metric against step, eval_X drawn on the same panel as X."""
+    def plot_curves(self, algorithm: str = "") -> Path | None:
+        """curves.png: the panels of curve_panels (the algorithm's headline metrics first) against step."""
+        panels = curve_panels(self.read_metrics(), algorithm)
+        if not panels:
+            return None
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        points: dict[str, tuple[list[float], list[float]]] = {}
-        for row in self.read_metrics():
-            for key, value in row.items():
-                if key == "step" or key in _NOT_CURVES or key.startswith("train_") or key.endswith(_RATE_SUFFIXES):
-                    continue
-                xs, ys = points.setdefault(key, ([], []))
-                xs.append(row["step"])
-                ys.append(value)
-        series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
-        for key, xy in points.items():
-            series.setdefault(key.removeprefix("eval_"), {})["eval" if key.startswith("eval_") else "train"] = xy
-        if not series:
-            return None
-        cols = min(3, len(series))
-        rows = math.ceil(len(series) / cols)
+        cols = min(3, len(panels))
+        rows = math.ceil(len(panels) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-        for ax, (key, lines) in zip(axes.flat, sorted(series.items()), strict=False):
+        for ax, (key, lines) in zip(axes.flat, panels, strict=False):
             for label, (xs, ys) in sorted(lines.items(), reverse=True):  # train first, then eval
                 ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
             if len(lines) > 1:
@@ -134,10 +126,49 @@ class RunDir:
             ax.set_title(key)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(series) :]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         fig.tight_layout()
         out = self.path / "curves.png"
         fig.savefig(out, dpi=100)
         plt.close(fig)
         return out
+
+
+Lines = dict[str, tuple[list[float], list[float]]]  # "train" / "eval" -> (steps, values)
+
+
+def headline_metrics(algorithm: str, logged) -> list[str]:
+    """The algorithm's headline metrics among those `logged`, in its order; where a run logged none of them (a
+    workflow's per-role rewards), its reward metrics."""
+    found = [k for k in spec_of(algorithm).headline_metrics if k in logged]
+    return found or sorted(k for k in logged if k.removeprefix("eval_").split("/")[0] == "reward")
+
+
+def curve_panels(rows: list[dict], algorithm: str = "") -> list[tuple[str, Lines]]:
+    """What curves.png draws: one panel per metric (eval_X on X's panel), the algorithm's headline metrics first,
+    then the rest by name. Left out: counters and timings, what the algorithm calls meaningless (GRPO's eval_loss),
+    and every other series that never moved (TRL logs clip ratios that stay at 0): a flat line says nothing. A
+    headline panel is drawn even when flat: a reward that never moved is the news."""
+    spec = spec_of(algorithm)
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if (key == "step" or key in _NOT_CURVES or key in spec.meaningless_metrics or key.startswith("train_")
+                    or key.endswith(_RATE_SUFFIXES)):
+                continue
+            xs, ys = points.setdefault(key, ([], []))
+            xs.append(row["step"])
+            ys.append(value)
+    headline = headline_metrics(algorithm, points)
+    panels: dict[str, Lines] = {}
+    for key, xy in points.items():
+        panels.setdefault(key.removeprefix("eval_"), {})["eval" if key.startswith("eval_") else "train"] = xy
+    lead = list(dict.fromkeys(k.removeprefix("eval_") for k in headline))
+    rest = sorted(k for k, lines in panels.items() if k not in lead and not _flat(lines))
+    return [(k, panels[k]) for k in lead + rest]
+
+
+def _flat(lines: Lines) -> bool:
+    values = [v for _, ys in lines.values() for v in ys if math.isfinite(v)]
+    return not values or all(math.isclose(v, values[0], rel_tol=1e-9, abs_tol=1e-12) for v in values)

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nohup", action="store_true", help="run detached; log and pid file under output_dir/logs/")
     p.add_argument("--dry-run", action="store_true", help="check recipe and data, show examples and the launch; "
                    "train nothing")
+    p.add_argument("--verbose", action="store_true", help="with --dry-run: print the whole resolved recipe too (a run "
+                   "writes it to output_dir/recipe.resolved.yaml)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue from the latest checkpoint in output_dir, or from checkpoint dir PATH")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides (CLI > recipe > defaults)")
@@ -91,9 +93,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                                               dry_run=args.dry_run)
 
     if args.dry_run:
+        from fai_rl.cli.header import run_header
+
         module = algorithm_module(recipe)
         prepared = module.prepare(recipe, args.resume)
-        print("recipe OK\n\n# resolved recipe\n" + recipe_to_yaml(recipe))
+        print("recipe OK\n\n" + run_header(recipe, prepared, plan.world_size if plan else _world_size(args)) + "\n")
+        if args.verbose:
+            print("# resolved recipe (what recipe.resolved.yaml will hold)\n" + recipe_to_yaml(recipe))
         print("# data\n" + module.describe(recipe, prepared) + "\n")
         print(f"# launch\n{plan.describe() if plan else 'inside accelerate launch'}\n\ndry run: nothing trained.")
         return 0
@@ -107,7 +113,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if plan is not None:
         os.environ.update(plan.env)  # before torch sees CUDA
         print(f"fai-rl-train: {plan.describe()}", flush=True)
-    return _train(recipe, args.resume, algorithm_module(recipe))
+    return _train(recipe, args.resume, algorithm_module(recipe), ["fai-rl-train", *child_argv])
 
 
 def _world_size(args: argparse.Namespace) -> int:
@@ -116,9 +122,10 @@ def _world_size(args: argparse.Namespace) -> int:
     return max(1, per_node) * max(1, args.num_nodes)
 
 
-def _train(recipe, resume: str | None, module) -> int:
+def _train(recipe, resume: str | None, module, command: list[str]) -> int:
     from fai_rl.artifacts import RunDir
-    from fai_rl.config import recipe_to_yaml
+    from fai_rl.cli.header import run_header
+    from fai_rl.export.card import write_run_card
     from fai_rl.runlog import run_started
     from fai_rl.tracking import finish_wandb, start_wandb
 
@@ -128,15 +135,16 @@ def _train(recipe, resume: str | None, module) -> int:
     if main_process:
         run.start(recipe, resume_step=prepared.resume.step if prepared.resume else None)
         run_started()
-        print("# resolved recipe\n" + recipe_to_yaml(recipe), flush=True)
+        print(run_header(recipe, prepared, int(os.environ.get("WORLD_SIZE", "1"))), flush=True)
     wandb_run = start_wandb(recipe, run.path) if main_process else None
     try:
         summary = module.train(recipe, prepared, run)
     finally:
         finish_wandb(wandb_run)
     if main_process:
-        run.plot_curves()
-        print(format_summary(summary, run.path))
+        run.plot_curves(recipe.training.algorithm)
+        write_run_card(run.path, command)  # after the trainer: TRL's own card (run_trainer stops it) never replaces it
+        print(format_summary(summary, run.path, recipe.training.algorithm))
     _close_process_group()
     return 0
 
@@ -153,22 +161,21 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def format_summary(summary: dict, output_dir) -> str:
-    """The end-of-run table: each headline metric before and after, then run-level numbers."""
-    rows = [("metric", "first", "last", "change")]
-    from fai_rl.backends.local.common import HEADLINE_METRICS
+def format_summary(summary: dict, output_dir, algorithm: str) -> str:
+    """The end-of-run table: the algorithm's headline metrics before and after, then run-level numbers."""
+    from fai_rl.artifacts import headline_metrics
+    from fai_rl.export.card import change
 
-    for key in HEADLINE_METRICS:
-        m = summary["metrics"].get(key)
-        if m:
-            diff = m["last"] - m["first"]
-            change = f"{diff / abs(m['first']) * 100:+.1f}%" if abs(m["first"]) > 1e-3 else f"{diff:+.4f}"
-            rows.append((key, f"{m['first']:.4f}", f"{m['last']:.4f}", change))
+    rows = [("metric", "first", "last", "change")]
+    for key in headline_metrics(algorithm, summary["metrics"]):
+        m = summary["metrics"][key]
+        rows.append((key, f"{m['first']:.4f}", f"{m['last']:.4f}", change(key, m["first"], m["last"])))
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows)
     extra = (f"steps {summary.get('global_step')}  train time {summary.get('train_runtime_s')} s  "
              f"tokens/s {summary.get('tokens_per_s')}  wall {summary.get('wall_time_s')} s")
-    return f"\n{table}\n{extra}\nartefacts in {output_dir}: final/, metrics.jsonl, summary.json, curves.png"
+    return (f"\n{table}\n{extra}\nartefacts in {output_dir}: final/, metrics.jsonl, summary.json, curves.png, "
+            "README.md")
 
 
 if __name__ == "__main__":

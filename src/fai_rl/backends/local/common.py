@@ -109,9 +109,7 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
                 "training.use_liger_kernel: true but liger-kernel is not installed; pip install 'fai-rl[liger]', or "
                 "set it null (auto) or false."
             )
-    if int(os.environ.get("RANK", "0")) == 0:
-        print("performance: " + ", ".join(f"{k} {v}" for k, v in perf.items()), flush=True)
-    return {
+    return {  # perf is said in the run's header (fai_rl.cli.header)
         "output_dir": t.output_dir,
         "learning_rate": t.learning_rate,
         "num_train_epochs": t.num_train_epochs,
@@ -330,6 +328,9 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    # TRL writes its auto card ("fine-tuned version of [None]") into output_dir/README.md at every checkpoint; the
+    # run's card is fai-rl-train's (fai_rl.export.card.run_card, written when the run ends), so TRL writes none.
+    trainer.create_model_card = lambda *args, **kwargs: None
     uploads = Uploads(recipe, main=trainer.is_world_process_zero())  # s3: checkpoint-N in the background, final/ below
     if recipe.s3.enabled:
         trainer.add_callback(uploads.callback())
