@@ -102,8 +102,11 @@ def test_padding_free_resolves_on_only_where_a_varlen_kernel_exists(tmp_path):
     assert use_padding_free(load_recipe(str(recipe), ["training.padding_free=true"])) is True
     from fai_rl.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="training.padding_free: training.algorithm dpo does not read it"):
-        load_recipe(str(ROOT / "recipes" / "quickstart" / "dpo.yaml"), ["training.padding_free=true"])
+    dpo = ROOT / "recipes" / "quickstart" / "dpo.yaml"  # DPO packs its pairs (tests/test_padding_free_dpo.py)
+    assert use_padding_free(load_recipe(str(dpo))) is False
+    assert use_padding_free(load_recipe(str(dpo), ["training.padding_free=true"])) is True
+    with pytest.raises(RecipeError, match="training.padding_free: training.algorithm grpo does not read it"):
+        load_recipe(str(ROOT / "recipes" / "quickstart" / "grpo.yaml"), ["training.padding_free=true"])
 
 
 @pytest.mark.gpu

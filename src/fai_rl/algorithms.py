@@ -102,7 +102,7 @@ REGISTRY: dict[str, AlgorithmSpec] = {s.name: s for s in (
     AlgorithmSpec(
         "dpo", "direct preference optimisation on chosen/rejected pairs (Rafailov et al., 2023)",
         "DPO (direct preference optimisation)", family="preference", data="pairs", defaults={"beta": 0.1},
-        modules=_modules("dpo", "dpo"), liger_by_default=True,
+        modules=_modules("dpo", "dpo"), liger_by_default=True, padding_free_by_default=True,
         headline_metrics=("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss", "rewards/accuracies",
                           "rewards/margins", "loss"),
     ),

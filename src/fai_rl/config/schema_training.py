@@ -73,10 +73,11 @@ class TrainingConfig:
     )
     padding_free: Optional[bool] = _f(
         None,
-        help="SFT: lay each batch's rows end to end in one sequence (position ids restart per row, attention stays "
-        "inside each row), so no compute goes to padding; the same loss and gradients as the padded batch. null: on "
-        "for SFT where a varlen attention kernel exists (a CUDA GPU: torch's varlen_attn or flash-attention 2), off on "
-        "CPU, where masked attention over the whole row is slower than padding.",
+        help="SFT and DPO: lay each batch's rows (DPO: every chosen and rejected sequence) end to end in one "
+        "sequence (position ids restart per row, attention stays inside each row), so no compute goes to padding; the "
+        "same loss and gradients as the padded batch. null: on for SFT and DPO where a varlen attention kernel exists "
+        "(a CUDA GPU: torch's varlen_attn or flash-attention 2), off on CPU, where masked attention over the whole row "
+        "is slower than padding.",
     )
     fast_generation: Optional[bool] = _f(
         None,

@@ -187,7 +187,8 @@ KEYS: dict[str, Support] = {
     "training.save_total_limit": Support(maps_to="TrainingArguments.save_total_limit; Tinker: older saved states "
                                          "deleted on the service"),
     "training.packing": _local("sft", maps_to="SFTConfig.packing"),
-    "training.padding_free": _local("sft", maps_to="SFTConfig.padding_free"),
+    "training.padding_free": _local("sft", "dpo", maps_to="SFTConfig.padding_free; DPO: fai-rl's PackedDPOTrainer "
+                                    "(TRL's DPOConfig.padding_free is disabled)"),
     "training.use_liger_kernel": _local("sft", "cpt", "dpo", maps_to="TrainingArguments.use_liger_kernel"),
     "training.fast_generation": _local(*RL, maps_to="static KV cache + compiled decode for generation"),
     "training.dataloader_num_workers": _fai(*HF_TRAINER, backends=("local",),

@@ -64,8 +64,8 @@ def use_liger_kernel(recipe: Recipe) -> bool:
 
 
 def use_padding_free(recipe: Recipe) -> bool:
-    """training.padding_free, with null resolved to: on for SFT (the registry's padding_free_by_default) where a
-    varlen attention kernel exists.
+    """training.padding_free, with null resolved to: on for SFT and DPO (the registry's padding_free_by_default) where
+    a varlen attention kernel exists (DPO: fai_rl.backends.local.dpo_packed).
 
     A padding-free batch is its rows laid end to end in one sequence whose position ids restart at each row (TRL's
     padding-free collator); transformers keeps attention inside each row (its packed-sequence mask for sdpa, eager

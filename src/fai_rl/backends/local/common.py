@@ -76,7 +76,7 @@ def start_cpu_processes() -> bool:
 def resolved_performance(recipe: Recipe) -> dict:
     """The speed settings this machine resolves the recipe's null ("auto") values to; logged at the start of a run."""
     perf = {"gradient_checkpointing": use_gradient_checkpointing(recipe), "use_liger_kernel": use_liger_kernel(recipe)}
-    if spec_of(recipe.training.algorithm).data == "rows":  # SFT's batches (CPT's blocks are all full already)
+    if spec_of(recipe.training.algorithm).data in ("rows", "pairs"):  # SFT, DPO (CPT's blocks are all full already)
         perf["padding_free"] = use_padding_free(recipe)
     if spec_of(recipe.training.algorithm).samples_groups:  # TRL's GRPO generation (PPO's loop has its own)
         perf["fast_generation"] = use_fast_generation(recipe) and not recipe.training.use_vllm

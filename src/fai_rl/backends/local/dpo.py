@@ -5,6 +5,8 @@ chosen over the rejected reply, each measured against a frozen reference, scaled
 picks the paper's sigmoid loss or a variant TRL offers (ipo, hinge, robust, ...), several at once with
 `dpo_loss_weights`. With LoRA the reference is the policy with its adapter disabled, so there is no second copy of
 the model; with a full fine-tune TRL keeps a frozen copy (`precompute_ref_log_probs` frees it after one pass).
+With `training.padding_free` (on by default where a varlen attention kernel exists) every batch's chosen and rejected
+sequences run as one padding-free row (dpo_packed.PackedDPOTrainer): the same log-probs, losses and gradients.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fai_rl.backends.local.common import (
 )
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_preference_rows
-from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config
+from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config, use_padding_free
 
 
 @dataclass
@@ -80,8 +82,11 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir, callbacks: list | 
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    from fai_rl.backends.local.dpo_packed import PackedDPOTrainer
+
     quiet_progress_bars()
     t = recipe.training
+    padding_free = use_padding_free(recipe)
     has_eval = bool(prepared.eval)
     args = DPOConfig(
         **trainer_arguments(recipe, has_eval),
@@ -93,8 +98,8 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir, callbacks: list | 
         max_length=recipe.data.max_length,
         dataset_num_proc=recipe.data.dataset_num_proc,  # TRL tokenises the pairs with datasets.map
     )
-    trainer = DPOTrainer(
-        model=load_causal_lm(recipe.model),
+    trainer = (PackedDPOTrainer if padding_free else DPOTrainer)(
+        model=load_causal_lm(recipe.model, padding_free=padding_free),
         args=args,
         train_dataset=Dataset.from_list(prepared.train),
         eval_dataset=Dataset.from_list(prepared.eval) if has_eval else None,
