@@ -21,8 +21,8 @@ def grpo_rows() -> list[dict]:
         rows.append({"step": step, "loss": 0.01 * step, "reward": reward, "kl": 0.001 * step, "epoch": step / 6,
                      "num_tokens": 100 * step, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0,
                      "completions/mean_length": 5 - step / 3, "step_time": 1.5 + step, "learning_rate": 1e-4})
-        rows.append({"step": step, "eval_reward": reward + 0.05, "eval_loss": (-1) ** step * 0.003 * (step + 1),
-                     "eval_runtime": 2.0})
+        rows.append({"step": step, "eval_reward": reward + 0.05, "eval_rewards/exact_match/mean": reward + 0.05,
+                     "eval_loss": (-1) ** step * 0.003 * (step + 1), "eval_runtime": 2.0})
     return rows
 
 
@@ -33,6 +33,7 @@ def test_curves_lead_with_the_headline_and_skip_flat_series_and_meaningless_ones
     assert set(panels["reward"]) == {"train", "eval"}
     assert "clip_ratio/low_mean" not in panels and "learning_rate" not in panels  # flat: nothing to see
     assert "step_time" not in panels and "epoch" not in panels and "num_tokens" not in panels
+    assert "rewards/exact_match/mean" not in panels  # the same numbers as eval_reward: drawn once
     assert set(panels["loss"]) == {"train"}  # GRPO's eval_loss is not drawn
     # SFT keeps eval_loss on the loss panel, first; a flat headline is still drawn (a stuck loss is the news)
     sft = [{"step": s, "loss": 2.0, "eval_loss": 2.5 - s / 10, "mean_token_accuracy": 0.5} for s in (0, 5)]

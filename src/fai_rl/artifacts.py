@@ -123,7 +123,7 @@ class RunDir:
                 ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
             if len(lines) > 1:
                 ax.legend()
-            ax.set_title(key)
+            ax.set_title(key if "train" in lines else f"eval_{key}")
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(panels) :]:
@@ -148,8 +148,9 @@ def headline_metrics(algorithm: str, logged) -> list[str]:
 def curve_panels(rows: list[dict], algorithm: str = "") -> list[tuple[str, Lines]]:
     """What curves.png draws: one panel per metric (eval_X on X's panel), the algorithm's headline metrics first,
     then the rest by name. Left out: counters and timings, what the algorithm calls meaningless (GRPO's eval_loss),
-    and every other series that never moved (TRL logs clip ratios that stay at 0): a flat line says nothing. A
-    headline panel is drawn even when flat: a reward that never moved is the news."""
+    every other series that never moved (TRL logs clip ratios that stay at 0): a flat line says nothing, and one
+    that repeats a panel already drawn (with one reward function, rewards/<name>/mean is the reward). A headline
+    panel is drawn even when flat: a reward that never moved is the news."""
     spec = spec_of(algorithm)
     points: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
@@ -165,8 +166,12 @@ def curve_panels(rows: list[dict], algorithm: str = "") -> list[tuple[str, Lines
     for key, xy in points.items():
         panels.setdefault(key.removeprefix("eval_"), {})["eval" if key.startswith("eval_") else "train"] = xy
     lead = list(dict.fromkeys(k.removeprefix("eval_") for k in headline))
-    rest = sorted(k for k, lines in panels.items() if k not in lead and not _flat(lines))
-    return [(k, panels[k]) for k in lead + rest]
+    drawn = [(k, panels[k]) for k in lead]
+    for key in sorted(panels):
+        repeats = all(any(other.get(label) == xy for _, other in drawn) for label, xy in panels[key].items())
+        if key not in lead and not _flat(panels[key]) and not repeats:
+            drawn.append((key, panels[key]))
+    return drawn
 
 
 def _flat(lines: Lines) -> bool:
