@@ -80,6 +80,6 @@ def test_installed_wheel_runs_a_recipe_naming_shipped_configs_from_another_direc
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "dry run: nothing trained." in proc.stdout
-    shipped = Path(site) / "fai_rl" / "config" / "deepspeed_configs" / "zero1.json"
+    shipped = Path(site).resolve() / "fai_rl" / "config" / "deepspeed_configs" / "zero1.json"
     assert f"--use_deepspeed --deepspeed_config_file {shipped}" in proc.stdout  # the wheel's copy, not the repo's
     assert not (elsewhere / "run").exists()
