@@ -111,8 +111,11 @@ def test_grpo_raises_the_reward_of_the_prompts_it_trains_on(tmp_path, tinker_env
     first, last = sum(train[:3]) / 3, sum(train[-3:]) / 3
     assert evals[-1] > evals[0] + 0.15 and last > first, (train, evals)
     assert all("rewards/exact_match/mean" in r and r["step_time_s"] > 0 for r in rows if "reward" in r)
+    # while it learns, the sampler and the trainer agree (Tinker's guidance: stable below ~0.01)
+    drift = max(abs(r["kl_sample_train"]) for r in rows if "reward" in r)
+    assert drift < 0.01 and all(r["loss"] == r["loss"] for r in rows if "reward" in r)
     print(f"\ntinker GRPO: train reward {first:.3f} -> {last:.3f}, eval_reward {evals[0]:.3f} -> {evals[-1]:.3f}, "
-          f"wall {wall:.0f} s")
+          f"max |kl_sample_train| {drift:.1e}, wall {wall:.0f} s")
 
 
 def test_dpo_margin_and_accuracy_rise(tmp_path, tinker_env):
@@ -140,6 +143,8 @@ def test_gspo_and_ppo_run_and_log_what_they_optimise(tmp_path, tinker_env, algor
                "training.logging_steps=1", "tinker.download_final=false", "data.eval_datasets=[]", *extra) == 0
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3] and all(0 <= r["reward"] <= 1 for r in rows)
+    loss = "loss" if algorithm == "gspo" else "policy_loss"  # GSPO's custom loss sees the trainer's log-probs itself
+    assert all(abs(r["kl_sample_train"]) < 0.1 and r[loss] == r[loss] and r["entropy"] > 0 for r in rows), rows
     if algorithm == "ppo":
         assert "no learned critic on Tinker (no value head)" in capsys.readouterr().out
         assert "no value head" in json.loads((out / "summary.json").read_text())["critic"]

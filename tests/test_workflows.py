@@ -346,6 +346,11 @@ def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_
     rows = [r for r in metrics(out) if "reward/judge" in r]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0 <= r["reward/solver"] <= 1 and 0 <= r["reward/judge"] <= 1 and r["step_time_s"] > 0 for r in rows)
+    # the RL driver's metrics through the shared update path, and a transcript of both roles at step 1
+    assert all(abs(r["kl_sample_train"]) < 0.01 and r["time/sample"] > 0 and r["time/train"] > 0 and "loss" in r
+               for r in rows)
+    shown = [json.loads(line) for line in (out / "rollouts" / "step-1.jsonl").read_text().splitlines()]
+    assert {r["role"] for r in shown} <= {"solver", "judge"} and all("advantage" in r for r in shown)
     listed = json.loads((out / "checkpoints.json").read_text())["checkpoints"]
     assert listed[-1]["kind"] == "sampler" and listed[-1]["path"].startswith("tinker://")
     assert json.loads((out / "summary.json").read_text())["workflow"] == "solver_judge"
