@@ -65,6 +65,10 @@ def test_rloo_raises_the_train_reward_on_the_cpu(tmp_path, capsys):
     first, last = sum(train[:5]) / 5, sum(train[-5:]) / 5
     print(f"\nRLOO local: train reward {first:.3f} -> {last:.3f}")
     assert last - first >= 0.15, train
+    # transcripts from RLOOTrainer's batch record too (default every 10 steps, and step 1)
+    assert sorted(p.name for p in (out / "rollouts").glob("*.jsonl")) == [f"step-{n}.jsonl" for n in (1, 10, 20, 30)]
+    shown = [json.loads(line) for line in (out / "rollouts" / "step-30.jsonl").read_text().splitlines()]
+    assert shown and {"prompt", "completion", "reward", "advantage", "rewards"} <= set(shown[0])
 
 
 @pytest.mark.tinker
