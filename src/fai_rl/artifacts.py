@@ -8,6 +8,7 @@
       README.md              the run's card: base model, data, algorithm, headline before/after, the command
       final/                 HF model dir, or PEFT adapter + fai_rl.json naming its base
       checkpoint-N/          resumable checkpoints (local backend)
+      rollouts/              RL: step-N.jsonl + step-N.html, sampled completions with rewards (fai_rl.transcripts)
       logs/                  train-<time>.log of every run (what the console showed); --nohup pid files
 """
 
