@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     {"errors", "imports", "stats", "paths", "algorithms"},  # neutral helpers and the algorithm registry
     {"config"},  # the recipe: schema, rules, resolution
-    {"schedule", "rl_math", "sampling", "runlog", "s3", "artifacts", "tracking", "transcripts"},  # every trainer shares
+    {"schedule", "rl_math", "sampling", "decode", "runlog", "s3", "artifacts", "tracking", "transcripts"},  # every trainer shares
     {"data"},
     {"models"},
     {"rewards"},

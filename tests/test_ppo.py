@@ -270,12 +270,14 @@ def test_lora_with_a_value_model_and_a_reward_model(write_recipe, tmp_path, one_
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "rm")
     AutoTokenizer.from_pretrained(tiny).save_pretrained(tmp_path / "rm")
     out = tmp_path / "lora"
-    recipe = small_ppo_recipe(out, max_steps=3, save_steps=2)
+    recipe = small_ppo_recipe(out, max_steps=3, save_steps=2, fast_generation=True)  # the decoder, eager on CPU
     recipe["model"].update({"use_lora": True, "lora_r": 4, "lora_dropout": 0.1, "value_model_name": "fai-rl/tiny",
                             "reward_model_name": str(tmp_path / "rm")})
     recipe["data"]["eval_datasets"] = [{"name": "fai-rl/arithmetic", "split": "test", "max_samples": 8}]
     assert main(["--recipe", str(write_recipe(recipe))]) == 0
-    assert "PPO on this backend: value model fai-rl/tiny + scalar head" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "PPO on this backend: value model fai-rl/tiny + scalar head" in out_text
+    assert "fast_generation on" in out_text  # sampled by fai_rl.decode's GraphDecoder (its eager step on a CPU)
     train = [row for row in metrics(out) if "reward" in row]
     assert "rewards/reward_model" in train[0] and "rewards/exact_match" in train[0]
     assert train[0]["kl"] == 0.0 and train[-1]["kl"] != 0.0  # the adapter-off reference differs once trained

@@ -1,7 +1,8 @@
 """Sampling completions from a policy, the same way everywhere: training rollouts, workflows, eval and generate.
 
 Two engines, one result type:
-- generate_local: a transformers model here (HF generate, left-padded batches, `n` samples per prompt);
+- generate_local: a transformers model here (left-padded batches, `n` samples per prompt): on a CUDA GPU through
+  fai-rl's graph decoder (fai_rl.decode), elsewhere or for a quantised model HF generate;
 - sample_tinker: a Tinker SamplingClient (every request in flight before the first is awaited).
 
 Each Completion carries the sampled tokens (ending with the stop token when the model stopped) and each token's
@@ -64,6 +65,8 @@ def generate_local(model, tokenizer, prompts: list[list[int]], n: int, *, max_ne
     import torch
     from transformers import GenerationConfig
 
+    from fai_rl.decode import Knobs, decoder_for
+
     stops = stops if stops is not None else stop_token_ids(tokenizer, model)
     sampling = temperature > 0
     # every sampling knob given, so a model's own generation_config (e.g. top_k 20) cannot change what is sampled
@@ -74,12 +77,20 @@ def generate_local(model, tokenizer, prompts: list[list[int]], n: int, *, max_ne
     device = next(model.parameters()).device
     flat = [p for p in prompts for _ in range(n)]
     out: list[Completion] = []
+    decoder = decoder_for(model)
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(flat), max(1, batch_size)):
             chunk = flat[start : start + batch_size]
             batch = tokenizer.pad({"input_ids": chunk}, padding_side="left", return_tensors="pt").to(device)
+            if decoder is not None:
+                knobs = Knobs(temperature, top_p) if sampling else Knobs(0.0)
+                tokens_bt, logprobs_bt, _ = decoder.generate(batch["input_ids"], batch["attention_mask"],
+                                                             max_new_tokens, knobs, stops, tokenizer.pad_token_id)
+                out += [completion_from_tokens(tokenizer, ids, lps, stops)
+                        for ids, lps in zip(tokens_bt.tolist(), logprobs_bt.tolist(), strict=True)]
+                continue
             with torch.no_grad():
                 result = model.generate(**batch, generation_config=config)
             new_bt = result.sequences[:, batch["input_ids"].shape[1] :]

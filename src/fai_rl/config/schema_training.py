@@ -81,8 +81,9 @@ class TrainingConfig:
     )
     fast_generation: Optional[bool] = _f(
         None,
-        help="GRPO/GSPO: sample with a static KV cache and a compiled, CUDA-graphed decode step (same sampling, far "
-        "less per-token overhead; the first step compiles); null: on with a CUDA GPU, off on CPU.",
+        help="GRPO/GSPO/RLOO/PPO: sample with fai-rl's graph decoder, the whole decode step (forward, sampling, stop "
+        "bookkeeping) replayed as one CUDA graph (same distribution, far less per-token overhead); null: on with a CUDA "
+        "GPU, off on CPU (HF generate).",
     )
     logging_steps: int = _f(10, help="Write metrics every this many optimizer steps.")
     save_steps: int = _f(500, help="Save a resumable checkpoint every this many optimizer steps.")

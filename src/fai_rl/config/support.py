@@ -190,7 +190,8 @@ KEYS: dict[str, Support] = {
     "training.padding_free": _local("sft", "dpo", maps_to="SFTConfig.padding_free; DPO: fai-rl's PackedDPOTrainer "
                                     "(TRL's DPOConfig.padding_free is disabled)"),
     "training.use_liger_kernel": _local("sft", "cpt", "dpo", maps_to="TrainingArguments.use_liger_kernel"),
-    "training.fast_generation": _local(*RL, maps_to="static KV cache + compiled decode for generation"),
+    "training.fast_generation": _local(*RL, "ppo", maps_to="fai-rl's graph decoder (fai_rl.decode): the decode "
+                                       "step replayed as one CUDA graph"),
     "training.dataloader_num_workers": _fai(*HF_TRAINER, backends=("local",),
                                             maps_to="TrainingArguments.dataloader_num_workers"),
     "training.dataloader_pin_memory": _fai(*HF_TRAINER, backends=("local",),

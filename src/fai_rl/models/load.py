@@ -130,7 +130,7 @@ def estimated_gpu_bytes(recipe: Recipe) -> float:
 
 
 def use_fast_generation(recipe: Recipe) -> bool:
-    """training.fast_generation, with null resolved to: on with a CUDA GPU (torch.compile + CUDA graphs), off on CPU."""
+    """training.fast_generation, with null resolved to: on with a CUDA GPU (the graph decoder), off on CPU."""
     if recipe.training.fast_generation is not None:
         return recipe.training.fast_generation
     import torch

@@ -78,7 +78,7 @@ def resolved_performance(recipe: Recipe) -> dict:
     perf = {"gradient_checkpointing": use_gradient_checkpointing(recipe), "use_liger_kernel": use_liger_kernel(recipe)}
     if spec_of(recipe.training.algorithm).data in ("rows", "pairs"):  # SFT, DPO (CPT's blocks are all full already)
         perf["padding_free"] = use_padding_free(recipe)
-    if spec_of(recipe.training.algorithm).samples_groups:  # TRL's GRPO generation (PPO's loop has its own)
+    if spec_of(recipe.training.algorithm).samples:  # GRPO's, RLOO's and PPO's sampling: fai_rl.decode
         perf["fast_generation"] = use_fast_generation(recipe) and not recipe.training.use_vllm
     return perf
 

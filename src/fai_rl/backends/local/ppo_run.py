@@ -30,7 +30,8 @@ from fai_rl.backends.local.ppo_models import (
 from fai_rl.config.deepspeed import resolve_deepspeed_config, zero_stage
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import render_prompts
-from fai_rl.models.load import accelerator, use_bf16
+from fai_rl.decode import GraphDecoder, Knobs
+from fai_rl.models.load import accelerator, use_bf16, use_fast_generation
 from fai_rl.rl_math import (
     compute_gae,
     entropy,
@@ -124,6 +125,10 @@ class PPORun:
         if self.reference is not None:
             self.reference.to(self.accelerator.device)
         self.eos_ids = stop_token_ids(self.tokenizer, self.unwrapped.policy)
+        # training.fast_generation: the graph decoder; graphs need weights at one address (not ZeRO-3, not 4/8-bit)
+        quantised = recipe.model.load_in_4bit or recipe.model.load_in_8bit
+        self.decoder = GraphDecoder(self.unwrapped.policy, graphs=False if self.zero3 or quantised else None) \
+            if use_fast_generation(recipe) else None
         if resume is not None:
             if self.deepspeed:  # the engine's own checkpoint: optimizer shards (and trainable weights) per process
                 self.model.load_checkpoint(str(resume.path), load_module_strict=False, load_lr_scheduler_states=False)
@@ -176,6 +181,11 @@ class PPORun:
         policy = self.unwrapped.policy
         policy.eval()
         with torch.no_grad(), self.accelerator.autocast():  # synced_gpus off: weights are whole, nothing to fetch
+            if self.decoder is not None:
+                completion_bt, _, _ = self.decoder.generate(ids_bs, mask_bs, self.t.max_completion_length,
+                                                            Knobs(self.t.temperature, self.t.top_p), self.eos_ids,
+                                                            self.tokenizer.pad_token_id)
+                return ids_bs, mask_bs, completion_bt
             out_bs = policy.generate(input_ids=ids_bs, attention_mask=mask_bs, generation_config=config,
                                      synced_gpus=False)
         return ids_bs, mask_bs, out_bs[:, ids_bs.shape[1] :]
