@@ -204,6 +204,7 @@ def step_timer():
             self.ends: list[float] = []
             self.lengths: list[float] = []
             self.generate_s: list[float] = []
+            self.decode_steps: list[int] = []  # tokens each generate call decoded (its longest row)
             self.precompute_s, self.precompute_tokens = 0.0, 0
             self.started = self.train_begin = time.perf_counter()
 
@@ -229,23 +230,34 @@ def step_timer():
 
 
 def time_generate(timer) -> None:
-    """Record the wall time of every HF generate call (RL arms): how much of a step is sampling."""
+    """Record the wall time and decode steps of every generate call (RL arms): HF generate and fai-rl's decoder."""
     import torch
     from transformers.generation.utils import GenerationMixin
 
-    original = GenerationMixin.generate
+    from fai_rl.decode import GraphDecoder
 
-    def timed(self, *args, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = original(self, *args, **kwargs)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        timer.generate_s.append(time.perf_counter() - start)
-        return out
+    def wrap(cls, name, new_tokens):
+        original = getattr(cls, name)
 
-    GenerationMixin.generate = timed
+        def timed(self, *args, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = original(self, *args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            timer.generate_s.append(time.perf_counter() - start)
+            timer.decode_steps.append(new_tokens(out, args, kwargs))
+            return out
+
+        setattr(cls, name, timed)
+
+    def hf_new(out, args, kwargs):
+        ids = out.sequences if hasattr(out, "sequences") else out
+        return int(ids.shape[1] - (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape[1])
+
+    wrap(GenerationMixin, "generate", hf_new)
+    wrap(GraphDecoder, "generate", lambda out, args, kwargs: int(out[0].shape[1]))
 
 
 def time_reference_precompute(timer) -> None:
@@ -314,6 +326,9 @@ def run_one(spec: dict) -> dict:
         if gen:
             result["generate_s_per_step"] = round(statistics.median(gen) * len(timer.generate_s) / max_steps, 3)
             result["generate_share"] = round(result["generate_s_per_step"] / median, 3)
+            calls = list(zip(timer.generate_s, timer.decode_steps))[warmup:] or list(zip(timer.generate_s,
+                                                                                       timer.decode_steps))
+            result["ms_per_decode_step"] = round(1000 * statistics.median(s / max(n, 1) for s, n in calls), 2)
     else:
         # every sequence --seq tokens; ragged: the rows' mean real length x rows a step (pads are not tokens)
         per_row = real_tokens_per_row(arm, data) / (2 if kind == "dpo" else 1) if ragged else seq
@@ -341,7 +356,10 @@ def _lora_config(r: int, alpha: int, dropout: float):
 # What an expert sets on TRL for speed on one big GPU (impl "trl_tuned"): Liger's fused kernels, no activation
 # checkpointing (the memory is there), the batch the issue's hand-tuned arm used. The rest stays TRL's default.
 TRL_TUNED = {"sft": {"use_liger_kernel": True, "gradient_checkpointing": False, "per_device_train_batch_size": 16},
-             "dpo": {"use_liger_kernel": True, "gradient_checkpointing": False, "per_device_train_batch_size": 8}}
+             "dpo": {"use_liger_kernel": True, "gradient_checkpointing": False, "per_device_train_batch_size": 8},
+             # GRPO without vLLM: TRL's generate has no faster setting that helps (a static cache without compile is
+             # slower, and TRL fixes disable_compile); an expert drops checkpointing on a GPU with room
+             "grpo": {"gradient_checkpointing": False}}
 
 
 def _train_trl(spec, arm, kind, lora, recipe_path, model_dir, data, out_dir, max_steps, timer) -> dict:
@@ -438,25 +456,30 @@ def _train_fai(spec, arm, kind, lora, recipe_path, model_dir, data, out_dir, max
             "optim": t.optim, "peft": recipe.model.use_lora, "overrides": list(spec.get("overrides", []))}
 
 
-def decode_probe(work: Path, completion_tokens: int, batch: int = 64) -> list[dict]:
-    """Where GRPO's sampling time goes: HF generate alone (no training) on the GRPO model, per configuration."""
+def decode_probe(work: Path, completion_tokens: int, batch: int = 64, only: str | None = None) -> list[dict]:
+    """Where GRPO's sampling time goes: generate alone (no training) on the GRPO model, per configuration (`only`:
+    the configurations whose name holds that text)."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     model_dir = build_model_dir("qwen3-0.6b", GRPO_VOCAB, work)
     prompts = torch.randint(3, GRPO_VOCAB, (batch, PROMPT_TOKENS), device="cuda")
     rows = []
 
     def timed(name, model, **kw):
+        if only and only not in name:
+            return
         times = []
         for _ in range(4):
             torch.cuda.synchronize()
             start = time.perf_counter()
             with torch.no_grad():
-                out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
-                                     max_new_tokens=completion_tokens,
-                                     pad_token_id=0, eos_token_id=1, **kw)
+                if kw.get("generation_config") is not None:  # how TRL calls it (and what the decoder takes)
+                    out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), **kw)
+                else:
+                    out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
+                                         max_new_tokens=completion_tokens, pad_token_id=0, eos_token_id=1, **kw)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         new = out.shape[1] - PROMPT_TOKENS
@@ -474,6 +497,17 @@ def decode_probe(work: Path, completion_tokens: int, batch: int = 64) -> list[di
     timed("LoRA r32 unmerged, static cache + compile", lora, cache_implementation="static")
     lora.base_model.model.enable_input_require_grads()  # what training with checkpointing + PEFT leaves on
     timed("LoRA r32 + input-grad hook, static + compile", lora, cache_implementation="static")
+    from fai_rl.backends.local.grpo import sample_with_merged_lora
+    from fai_rl import decode
+
+    decode.install(lora)
+    sample_with_merged_lora(lora)
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=completion_tokens,
+                              pad_token_id=0, eos_token_id=1)
+    timed("LoRA r32, fai-rl graph decoder (merged)", lora, generation_config=config)
+    plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda().eval()
+    decode.install(plain)
+    timed("plain model, fai-rl graph decoder", plain, generation_config=config)
     return rows
 
 
@@ -550,11 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[],
                    help="an extra run NAME=ARM:IMPL:k=v;k=v (fai: recipe overrides; trl: config kwargs)")
     p.add_argument("--in-process", action="store_true", help="run every arm in this process (CPU smoke test)")
-    p.add_argument("--decode-probe", action="store_true", help="time HF generate alone per configuration (GPU)")
+    p.add_argument("--decode-probe", nargs="?", const="", default=None, metavar="ONLY",
+                   help="time generate alone per configuration (GPU); ONLY: the configurations whose name holds it")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.decode_probe:
-        rows = decode_probe(Path(args.out), args.completion_tokens)
+    if args.decode_probe is not None:
+        rows = decode_probe(Path(args.out), args.completion_tokens, only=args.decode_probe or None)
         Path(args.out, "decode_probe.json").write_text(json.dumps(rows, indent=1))
         return 0
 
