@@ -70,17 +70,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from fai_rl.artifacts import check_output_dir
-    from fai_rl.backends import algorithm_module, check_dispatch
-    from fai_rl.config import load_recipe, recipe_to_yaml
-    from fai_rl.config.load import recipe_notes
+    from fai_rl.backends import check_dispatch
+    from fai_rl.config import load_recipe
     from fai_rl.rewards import check_rewards
-    from fai_rl.runlog import start_log
     from fai_rl.s3 import check_s3
 
     launched = os.environ.get(LAUNCHED_ENV) == "1"
     recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards, check_s3],
                          processes=int(os.environ.get("WORLD_SIZE", 1)) if launched else _world_size(args))
+    lock = _lock_output_dir(recipe, args)
+    try:
+        return _run_recipe(args, argv, recipe, launched)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_output_dir(recipe, args: argparse.Namespace):
+    """One live run per output_dir (fai_rl.cli.runlock): the launching process holds the lock, a --nohup parent only
+    looks, a dry run neither; ranks other than 0 and nodes other than the main one belong to a run that holds it."""
+    from fai_rl.cli.runlock import RunLock
+
+    if args.dry_run or args.node_rank or int(os.environ.get("RANK", "0")) != 0:
+        return None
+    lock = RunLock(recipe.training.output_dir)
+    if args.nohup:
+        lock.check()  # the detached child takes it
+        return None
+    return lock.acquire()
+
+
+def _run_recipe(args: argparse.Namespace, argv: list[str], recipe, launched: bool) -> int:
+    from fai_rl.artifacts import check_output_dir
+    from fai_rl.backends import algorithm_module
+    from fai_rl.config import recipe_to_yaml
+    from fai_rl.config.load import recipe_notes
+    from fai_rl.runlog import start_log
+
     check_output_dir(recipe, resuming=args.resume is not None)
     if not (args.dry_run or args.nohup):  # the console, copied into output_dir/logs/ once the run starts
         start_log(recipe.training.output_dir)
