@@ -280,14 +280,91 @@ def test_countdown_hub_columns_work_by_name_through_solver_prompt_and_reward_kwa
            "rewards[0].kwargs.numbers_column=nums"]
     assert main([*common, *hub]) == 0
     out = capsys.readouterr().out
-    assert "Using the numbers [2, 3, 4], create an equation that equals 24." in out
-    assert "--- judge prompt 1" in out and "Solution 1: <solution 1>" in out
+    assert "Using the numbers 2, 3, 4, create an equation that equals 24.. Output the final answer" in out
+    assert "--- judge prompt 1" in out and "Solution 1:\\n<solution 1>" in out
+    assert "solver prompts longer than data.max_length=2048: 0 of 2" in out
     from fai_rl.rewards.countdown import countdown
 
     assert countdown(["(2 + 4) * 4"], nums=[[2, 3, 4]], target=[24], numbers_column="nums") == [0.1]
     assert countdown(["2 * 3 * 4"], nums=[[2, 3, 4]], target=[24], numbers_column="nums") == [1.0]
     assert main(common) == 2  # the shipped prompt reads the built-in task's `numbers` column
     assert "workflow.solver_prompt: uses {numbers} but data.datasets[0]" in capsys.readouterr().err
+
+
+class QueueSampler:
+    """A Sampler that hands out scripted texts in order (n per prompt), recording the prompts it was shown."""
+
+    def __init__(self, tokenizer, texts: list[str]):
+        self.tokenizer, self.texts, self.prompts = tokenizer, list(texts), []
+
+    def sample(self, prompts, n, max_tokens=None, temperature=None):
+        self.prompts += [self.tokenizer.decode(ids) for ids in prompts]
+        return [[ScriptedSampler._completion(self, self.texts.pop(0)) for _ in range(n)] for _ in prompts]
+
+
+def rllm_question(nums, target):
+    """rLLM's prepare_countdown_data.py question, written out here."""
+    return (f"Using the numbers {', '.join(map(str, nums))}, find a way to reach the target number {target}. You can "
+            "use basic arithmetic operations (+, -, *, /) and each number can only be used once. Show your "
+            "step-by-step calculation and output the final answer within <answer>...</answer>, for example "
+            "<answer> (1 + 2) / 3 </answer>.")
+
+
+def rllm_judge_prompt(problem, solutions):
+    """rLLM's Judge._create_judge_prompt, written out here."""
+    prompt = ("You are an expert verifier. Given a countdown problem and multiple solution attempts, select a correct "
+              f"solution.\nProblem:\n{problem}\nSolutions to evaluate:\n")
+    for i, solution in enumerate(solutions, 1):
+        prompt += f"\nSolution {i}:\n{solution}\n"
+    return prompt + (
+        "\nA correct solution must satisfy the following criteria:\n1. The solution uses only the given numbers.\n"
+        "2. Each number is used exactly once.\n3. Only basic arithmetic operations (+, -, *, /) are used.\n"
+        "4. The calculation results in the target number.\n5. The final answer is clearly marked within "
+        "<answer>...</answer> tags.\nOutput the index of your selected solution within <answer>...</answer> tags, "
+        "e.g., <answer>1</answer> for the first solution, <answer>2</answer> for the second solution, etc. If "
+        "multiple solutions are correct, output the index of the first correct solution.")
+
+
+def test_the_countdown_recipe_prompts_and_scores_as_rllms_solver_judge(tokenizer):
+    from fai_rl.rewards import recipe_rewards
+    from fai_rl.workflows import build_workflow, reward_scorer
+    from fai_rl.workflows.data import load_workflow_rows
+
+    recipe = load_recipe(ROOT / "recipes" / "workflows" / "solver_judge_countdown.yaml",
+                         ["training.backend=local", "model.base_model_name=fai-rl/tiny"])
+    assert recipe.training.num_generations == 4 and recipe.training.max_grad_norm == 0
+    row = load_workflow_rows(recipe)[0][0]
+    nums, target, right = row["numbers"], row["target"], row["answer"]
+    wrong = " + ".join(map(str, nums))  # every number once, another value
+    assert eval(wrong) != target
+    question = rllm_question(nums, target)
+    assert row["prompt"] == [{"role": "user", "content": f"{question}. Output the final answer within <answer>...</answer>"}]
+    workflow = build_workflow(recipe, reward_scorer(recipe_rewards(recipe)))
+    # Per episode: two solver outputs, then (after every solver call) one judge reply. rLLM's values, worked out:
+    # countdown_reward_fn(task, Solver._parse_solver_response(text)) is 1 for a right equation in the first tag, 0
+    # otherwise (a well-formed miss: compute_score's 0.1 becomes 0; untagged: "No solution found"; "... = target"
+    # fails validate_equation); the judge's reward is that of solutions[k - 1] for its first <answer>k</answer>.
+    solver_texts = [f"First 2 then 3. <answer>{right}</answer>", f"<answer>{wrong}</answer>",   # 1, 0
+                    right, f"<ANSWER>\n{right}\n</ANSWER>",                                     # 0, 1
+                    f"<answer>{right} = {target}</answer>", f"<answer>{wrong}</answer> or <answer>{right}</answer>",
+                    f"<answer>{right}</answer>", f"<answer>{right}</answer>"]                  # 1, 1
+    judge_texts = ["<answer>1</answer>", "<answer>2</answer>, no: <answer>1</answer>", "<answer>1</answer>", "1"]
+    sampler = QueueSampler(tokenizer, solver_texts + judge_texts)
+    episodes = workflow.run_batch([row] * 4, sampler)
+    assert [[t.reward for t in e.role("solver")] for e in episodes] == [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    assert [e.role("judge")[0].reward for e in episodes] == [1.0, 1.0, 0.0, 0.0]
+    assert [e.metrics["judge_valid_pick"] for e in episodes] == [1.0, 1.0, 1.0, 0.0]
+    # the judge sees rLLM's problem (no solver instruction) and the extracted answers, not the completions
+    judge_seen = sampler.prompts[4:]
+    assert rllm_judge_prompt(question, [f"<answer>{right}</answer>", f"<answer>{wrong}</answer>"]) in judge_seen[0]
+    assert rllm_judge_prompt(question, ["No solution found", f"<answer>{right}</answer>"]) in judge_seen[1]
+    assert rllm_judge_prompt(question, [f"<answer>{right} = {target}</answer>", f"<answer>{wrong}</answer>"]) in judge_seen[2]
+    assert all(e.metrics["prompts_truncated"] == 0 for e in episodes)
+    # a prompt over data.max_length is cut from the left, counted and reported, never silently
+    short = type(workflow)(recipe.workflow, workflow.score, max_length=24)
+    with pytest.warns(UserWarning, match=r"2 solver prompt\(s\) longer than data.max_length=24 .* \(2 in this run"):
+        cut = short.run_batch([row] * 2, QueueSampler(tokenizer, solver_texts[:4] + judge_texts[:2]))
+    assert [e.metrics["prompts_truncated"] for e in cut] == [2.0, 2.0] and short.cuts.total == 4
 
 
 # ---------------------------------------------------------------- end to end: the quickstart learns

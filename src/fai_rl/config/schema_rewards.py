@@ -19,10 +19,11 @@ class RewardSpec:
 
 # The judge prompt's placeholders (fai_rl.workflows.solver_judge renders them; rules.py checks them).
 JUDGE_PLACEHOLDERS = ("problem", "solutions", "num_solutions")
-DEFAULT_JUDGE_PROMPT = (
+DEFAULT_JUDGE_PROMPT = (  # a generic verifier prompt; rLLM's Countdown one is in recipes/workflows/
     "You are an expert verifier. Given a problem and {num_solutions} attempted solutions, select a correct one.\n"
     "Problem:\n{problem}\nSolutions:\n{solutions}\n"
-    "Output the number of a correct solution within <answer>...</answer> tags, e.g. <answer>1</answer>."
+    "Output the number of a correct solution within <answer>...</answer> tags, e.g. <answer>1</answer>. If several "
+    "are correct, output the first correct one."
 )
 
 
@@ -40,7 +41,19 @@ class WorkflowConfig:
     solver_prompt: Optional[str] = _f(
         None,
         help="The solver's user message, a template over the row's columns, e.g. 'Using the numbers {nums}, make "
-        "{target}.' (null: the row's prompt column, as plain GRPO uses it).",
+        "{target}.' (null: the row's prompt column, as plain GRPO uses it); a list column is written '3, 5, 7'.",
+    )
+    solver_instruction: str = _f(
+        "",
+        help="Appended to the solver's message but not to the judge's {problem} (rLLM's solver adds '. Output the "
+        "final answer within <answer>...</answer>' to the problem it shows both roles).",
+    )
+    answer_tags: bool = _f(
+        False,
+        help="solver_judge: rLLM's parsing. true: a solver's answer is its first <answer>...</answer> (else 'No "
+        "solution found'), rewarded and shown to the judge as <answer>...</answer>; the judge's pick is its first "
+        "<answer>k</answer> (else none). false: the answer is the last <answer> tag's content, else the whole "
+        "completion; the pick the last <answer>k</answer>, else the first integer (small models write no tags).",
     )
     judge_prompt: str = _f(
         DEFAULT_JUDGE_PROMPT,

@@ -17,6 +17,7 @@ from fai_rl.rewards.text import column_values
 
 MAX_EQUATION_CHARS = 200
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_RLLM_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>")  # rLLM's extract_solution: one line, case-sensitive
 _EQUATION_RUN = re.compile(r"[\d\s+\-*/()=]*\d[\d\s+\-*/()=]*")
 _TRAILING_RESULT = re.compile(r"=\s*-?\d+(?:\.\d+)?\s*$")
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
@@ -53,9 +54,13 @@ def _evaluate(node: ast.AST, used: list[int]) -> Fraction:
     raise ValueError(f"{type(node).__name__} is not allowed (only integers, + - * /, unary minus, parentheses)")
 
 
-def extract_equation(completion: str) -> str | None:
+def extract_equation(completion: str, answer_tags: bool = False) -> str | None:
     """The equation a completion answers with: the content of its last <answer>...</answer>, else the last run of
-    digits and operators on the last line that has a digit; a trailing `= result` is dropped."""
+    digits and operators on the last line that has a digit; a trailing `= result` is dropped. answer_tags: rLLM's
+    parsing, the last one-line <answer>...</answer> as written, None without one."""
+    if answer_tags:
+        tags = _RLLM_ANSWER_TAG.findall(completion)
+        return tags[-1].strip() or None if tags else None
     tags = _ANSWER_TAG.findall(completion)
     if tags:
         text = tags[-1].strip()
@@ -75,6 +80,7 @@ def countdown(
     *,
     use_all: bool = True,
     format_score: float = 0.1,
+    answer_tags: bool = False,
     numbers_column: str = "numbers",
     target_column: str = "target",
     **columns,
@@ -83,7 +89,8 @@ def countdown(
     well-formed equation that misses; 0.0 when there is no equation or it is not plain arithmetic.
 
     kwargs: use_all (bool, default true): every number exactly once (false: each at most once);
-    format_score (float in [0, 1], default 0.1); numbers_column (default "numbers": a list of integers per row);
+    format_score (float in [0, 1], default 0.1); answer_tags (bool, default false): only the last one-line
+    <answer>...</answer>, as written, counts (rLLM's parsing; with format_score 0 rLLM's countdown_reward_fn); numbers_column (default "numbers": a list of integers per row);
     target_column (default "target": an integer per row).
     """
     numbers = column_values(columns, numbers_column, len(completions), "numbers_column")
@@ -91,7 +98,7 @@ def countdown(
     out = []
     for completion, row_numbers, target in zip(completions, numbers, targets):
         allowed, goal = _row_numbers(row_numbers, numbers_column), _row_target(target, target_column)
-        equation = extract_equation(completion)
+        equation = extract_equation(completion, answer_tags)
         try:
             value, used = evaluate_equation(equation) if equation else (None, None)
         except ValueError:

@@ -17,9 +17,10 @@ from fai_rl.errors import DataError
 
 def load_workflow_rows(recipe: Recipe) -> tuple[list[dict], list[dict]]:
     """(train, eval) task rows: {"prompt": [system?, user], "answer"?: ..., every other column}."""
-    template = recipe.workflow.solver_prompt
+    template, instruction = recipe.workflow.solver_prompt, recipe.workflow.solver_instruction
     if template is None:
-        return load_prompt_rows(recipe)
+        train, evaluation = load_prompt_rows(recipe)
+        return [with_instruction(r, instruction) for r in train], [with_instruction(r, instruction) for r in evaluation]
     fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
     out: dict[str, list[dict]] = {}
     for which in ("datasets", "eval_datasets"):
@@ -35,7 +36,7 @@ def load_workflow_rows(recipe: Recipe) -> tuple[list[dict], list[dict]]:
             problems = []
             for j, row in enumerate(source.rows):
                 try:
-                    text = template.format(**row)
+                    text = template.format(**{k: listed(v) for k, v in row.items()}) + instruction
                 except (KeyError, IndexError, ValueError) as e:
                     problems.append(f"{source.origin(j)}: workflow.solver_prompt cannot be rendered ({e}).")
                     continue
@@ -48,6 +49,21 @@ def load_workflow_rows(recipe: Recipe) -> tuple[list[dict], list[dict]]:
                 raise DataError(limit_problems(problems))
         out[which] = rows
     return split_eval(out["datasets"], out["eval_datasets"], recipe)
+
+
+def listed(value):
+    """A list column as a solver prompt shows it, '3, 5, 7' (rLLM's ", ".join), not Python's '[3, 5, 7]'."""
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
+def with_instruction(row: dict, instruction: str) -> dict:
+    """The row with workflow.solver_instruction appended to its last user message."""
+    if not instruction:
+        return row
+    messages = [dict(m) for m in row["prompt"]]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    messages[last]["content"] += instruction
+    return {**row, "prompt": messages}
 
 
 def describe_workflow(recipe: Recipe, tokenizer, train: list[dict], evaluation: list[dict], rewards: list) -> str:
@@ -68,15 +84,18 @@ def describe_workflow(recipe: Recipe, tokenizer, train: list[dict], evaluation: 
         lines.append(f"solver: {w.num_solutions} solutions per episode, reward {w.solver_reward:g} x rewards total; "
                      f"judge: reward {w.judge_reward:g} when its pick reaches {w.correct_threshold:g}")
     for n, row in enumerate(train[:2], start=1):
-        ids = render_chat(tokenizer, row["prompt"], recipe.data.max_length)
+        ids = render_chat(tokenizer, row["prompt"])
         extra = {k: v for k, v in row.items() if k != "prompt"}
         lines += [f"--- prompt {n} (solver; {len(ids)} tokens; columns for rewards: {extra})",
                   tokenizer.decode(ids).replace("\n", "\\n")]
     if w.type == "solver_judge" and train:
         judge = SolverJudgeWorkflow(w, score=lambda rows, texts: [], max_length=recipe.data.max_length)
         candidates = [f"<solution {i}>" for i in range(1, w.num_solutions + 1)]
-        ids = render_chat(tokenizer, judge.judge_messages(train[0], candidates), recipe.data.max_length)
+        ids = render_chat(tokenizer, judge.judge_messages(train[0], candidates))
         lines += [f"--- judge prompt 1 (candidates as placeholders; {len(ids)} tokens with them)",
                   tokenizer.decode(ids).replace("\n", "\\n")]
+    long = sum(len(render_chat(tokenizer, row["prompt"])) > recipe.data.max_length for row in train)
+    lines.append(f"solver prompts longer than data.max_length={recipe.data.max_length}: {long} of {len(train)} "
+                 "(cut from the left when sampled, counted per step as prompts_truncated)")
     lines.append(preview_rewards(rewards, train))
     return "\n".join(lines)

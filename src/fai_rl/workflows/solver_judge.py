@@ -6,14 +6,23 @@ names one. The solver's trajectories are each rewarded with the recipe rewards o
 workflow.solver_reward); the judge's with workflow.judge_reward when the answer it picked is correct (its rewards'
 total reaches workflow.correct_threshold), else 0. Both roles are trained by GRPO, grouped per trajectory.
 
-Departures from rLLM: the judge is shown each candidate's whole completion (rLLM shows the extracted <answer>), the
-pick is the last <answer>k</answer> or else the first integer in the reply (small models do not write the tags), and
-sampling is batched over every episode of a step: one sampler call for all the solvers, one for all the judges.
+The judge is shown each candidate's extracted answer, as rLLM shows it. With `workflow.answer_tags: true` the parsing
+is rLLM's (`_parse_solver_response`, `_parse_judge_response`): a solver's answer is `<answer>X</answer>` from its
+first tag (case-insensitive, across lines) or "No solution found", and that text is what the rewards score; the
+judge's pick is its first `<answer>k</answer>`. With `answer_tags: false` (small models write no tags) the answer is
+the last tag's content or else the whole completion, and the pick the last `<answer>k</answer>` or else the first
+integer of the reply.
+
+Departures from rLLM: a pick outside 1..num_solutions is no pick (rLLM indexes `solutions[k - 1]`, so
+`<answer>0</answer>` picks the last solution); sampling is batched over every episode of a step (one sampler call
+for all the solvers, one for all the judges); a prompt longer than data.max_length is cut from the left, counted
+(`prompts_truncated`, per episode) and reported in a warning, where rLLM masks such episodes out.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 
 from fai_rl.config.schema import WorkflowConfig
@@ -21,16 +30,57 @@ from fai_rl.workflows.base import Episode, Sampler, Step, Trajectory, render_cha
 
 Score = Callable[[list[dict], list[str]], list[float]]
 _ANSWER_TAG = re.compile(r"<answer>\s*(\d+)\s*</answer>", re.IGNORECASE)
+_ANY_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _INTEGER = re.compile(r"\d+")
+NO_SOLUTION = "No solution found"  # rLLM's answer of a solver that wrote no <answer> tag
 
 
-def parse_pick(reply: str, num_solutions: int) -> int | None:
-    """The 0-based index of the solution a judge's reply names (1-based in the reply); None when it names none."""
-    tags = _ANSWER_TAG.findall(reply)
-    found = tags[-1] if tags else (m.group(0) if (m := _INTEGER.search(reply)) else None)
+def parse_pick(reply: str, num_solutions: int, answer_tags: bool = False) -> int | None:
+    """The 0-based index of the solution a judge's reply names (1-based in the reply); None when it names none.
+
+    answer_tags: only the first <answer>...</answer> counts and must hold an integer (rLLM's parsing)."""
+    if answer_tags:
+        first = _ANY_TAG.search(reply)
+        found = first.group(1).strip() if first else None
+        found = found if found is not None and re.fullmatch(r"[+-]?\d+", found) else None
+    else:
+        tags = _ANSWER_TAG.findall(reply)
+        found = tags[-1] if tags else (m.group(0) if (m := _INTEGER.search(reply)) else None)
     if found is None or not 1 <= int(found) <= num_solutions:
         return None
     return int(found) - 1
+
+
+def extract_answer(completion: str, answer_tags: bool = False) -> str:
+    """What a solver answered: rLLM's `<answer>X</answer>` of the first tag (answer_tags; else "No solution found"),
+    or the last tag's content, else the whole completion stripped."""
+    if answer_tags:
+        first = _ANY_TAG.search(completion)
+        return f"<answer>{first.group(1).strip()}</answer>" if first else NO_SOLUTION
+    tags = _ANY_TAG.findall(completion)
+    return tags[-1].strip() if tags else completion.strip()
+
+
+def render_counted(tokenizer, messages: list[dict], max_length: int | None) -> tuple[list[int], bool]:
+    """(token ids cut to the last max_length, whether anything was cut): no prompt is cut without being counted."""
+    ids = render_chat(tokenizer, messages)
+    return (ids[-max_length:], True) if max_length and len(ids) > max_length else (ids, False)
+
+
+class _Cuts:
+    """Counts the prompts a workflow cut over its life and says so once per batch that cut one."""
+
+    def __init__(self, max_length: int | None):
+        self.max_length, self.total = max_length, 0
+
+    def render(self, tokenizer, conversations: list[list[dict]], role: str) -> tuple[list[list[int]], list[bool]]:
+        out = [render_counted(tokenizer, m, self.max_length) for m in conversations]
+        cut = sum(c for _, c in out)
+        if cut:
+            self.total += cut
+            warnings.warn(f"{cut} {role} prompt(s) longer than data.max_length={self.max_length} tokens were cut "
+                          f"from the left ({self.total} in this run so far); raise data.max_length.", stacklevel=3)
+        return [ids for ids, _ in out], [c for _, c in out]
 
 
 class SingleWorkflow:
@@ -38,18 +88,20 @@ class SingleWorkflow:
 
     def __init__(self, config: WorkflowConfig, score: Score, max_length: int | None = None):
         self.config, self.score, self.max_length = config, score, max_length
+        self.cuts = _Cuts(max_length)
 
     def run(self, row: dict, sampler: Sampler) -> Episode:
         return self.run_batch([row], sampler)[0]
 
     def run_batch(self, rows: list[dict], sampler: Sampler) -> list[Episode]:
-        prompts = [render_chat(sampler.tokenizer, row["prompt"], self.max_length) for row in rows]
+        prompts, cut = self.cuts.render(sampler.tokenizer, [row["prompt"] for row in rows], "solver")
         completions = [group[0] for group in sampler.sample(prompts, 1)]
         scores = self.score(rows, [c.text for c in completions])
         threshold = self.config.correct_threshold
         return [
-            Episode([Trajectory("solver", [Step.from_completion(p, c, s)], s, s >= threshold)])
-            for p, c, s in zip(prompts, completions, scores, strict=True)
+            Episode([Trajectory("solver", [Step.from_completion(p, c, s)], s, s >= threshold)],
+                    {"prompts_truncated": float(x)})
+            for p, c, s, x in zip(prompts, completions, scores, cut, strict=True)
         ]
 
 
@@ -58,27 +110,35 @@ class SolverJudgeWorkflow:
 
     def __init__(self, config: WorkflowConfig, score: Score, max_length: int | None = None):
         self.config, self.score, self.max_length = config, score, max_length
+        self.cuts = _Cuts(max_length)
 
     def run(self, row: dict, sampler: Sampler) -> Episode:
         return self.run_batch([row], sampler)[0]
 
     def judge_messages(self, row: dict, solutions: list[str]) -> list[dict]:
-        """The judge's conversation: the task's system message (if any), then the judge prompt."""
+        """The judge's conversation: the task's system message (if any), then the judge prompt over the problem (the
+        solver's message without workflow.solver_instruction) and the solvers' answers."""
         c = self.config
         listed = "\n".join(c.judge_solution_format.format(index=i, solution=s.strip())
                            for i, s in enumerate(solutions, start=1))
-        text = c.judge_prompt.format(problem=user_text(row["prompt"]), solutions=listed,
-                                     num_solutions=len(solutions))
+        problem = user_text(row["prompt"])
+        if c.solver_instruction and problem.endswith(c.solver_instruction):
+            problem = problem[: -len(c.solver_instruction)]
+        text = c.judge_prompt.format(problem=problem, solutions=listed, num_solutions=len(solutions))
         system = [m for m in row["prompt"][:1] if m["role"] == "system"]
         return [*system, {"role": "user", "content": text}]
 
     def run_batch(self, rows: list[dict], sampler: Sampler) -> list[Episode]:
         c, tok, k = self.config, sampler.tokenizer, self.config.num_solutions
-        solver_prompts = [render_chat(tok, row["prompt"], self.max_length) for row in rows]
+        solver_prompts, solver_cut = self.cuts.render(tok, [row["prompt"] for row in rows], "solver")
         solutions = sampler.sample(solver_prompts, k)
-        scores = self.score([row for row in rows for _ in range(k)], [s.text for group in solutions for s in group])
-        judge_prompts = [render_chat(tok, self.judge_messages(row, [s.text for s in group]), self.max_length)
-                         for row, group in zip(rows, solutions, strict=True)]
+        answers = [[extract_answer(s.text, c.answer_tags) for s in group] for group in solutions]
+        # rLLM scores what the solver answered (its parsed action); so does answer_tags: true
+        scored = [a for group in answers for a in group] if c.answer_tags else [
+            s.text for group in solutions for s in group]
+        scores = self.score([row for row in rows for _ in range(k)], scored)
+        judge_prompts, judge_cut = self.cuts.render(
+            tok, [self.judge_messages(row, group) for row, group in zip(rows, answers, strict=True)], "judge")
         replies = [group[0] for group in sampler.sample(judge_prompts, 1)]
         episodes = []
         for i, (solver_prompt, group, judge_prompt, reply) in enumerate(
@@ -88,12 +148,13 @@ class SolverJudgeWorkflow:
             solvers = [Trajectory("solver", [Step.from_completion(solver_prompt, s, c.solver_reward * score)],
                                   c.solver_reward * score, ok)
                        for s, score, ok in zip(group, mine, correct, strict=True)]
-            pick = parse_pick(reply.text, k)
+            pick = parse_pick(reply.text, k, c.answer_tags)
             picked_right = pick is not None and correct[pick]
             judge_reward = c.judge_reward * float(picked_right)
             judge = Trajectory("judge", [Step.from_completion(judge_prompt, reply, judge_reward)], judge_reward,
                                picked_right)
             metrics = {"solver_acc": sum(correct) / k, "judge_acc": float(picked_right),
-                       "judge_valid_pick": float(pick is not None)}
+                       "judge_valid_pick": float(pick is not None),
+                       "prompts_truncated": float(solver_cut[i] + judge_cut[i])}
             episodes.append(Episode([*solvers, judge], metrics))
         return episodes
