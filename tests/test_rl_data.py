@@ -104,3 +104,16 @@ def test_eval_split_applies_to_prompt_rows(tmp_path):
     train, evaluation = load_prompt_rows(recipe_for(tmp_path, "grpo", [{"name": data}], eval_split_ratio=0.25))
     assert len(train) == 15 and len(evaluation) == 5
     assert not {r["answer"] for r in train} & {r["answer"] for r in evaluation}
+
+
+def test_render_prompts_cuts_long_prompts_from_the_left_and_says_how_many():
+    from fai_rl.config.schema import ModelConfig
+    from fai_rl.data.rl import render_prompts
+    from fai_rl.models.load import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(base_model_name="fai-rl/tiny-sft"))
+    rows = [{"prompt": [{"role": "user", "content": "What is 7 + 5? " * 20}]}, {"prompt": [{"role": "user", "content": "hi"}]}]
+    full = render_prompts(tok, rows)
+    with pytest.warns(UserWarning, match="1 of 2 prompts longer than data.max_length=32 tokens were cut from the left"):
+        cut = render_prompts(tok, rows, 32)
+    assert cut == [full[0][-32:], full[1]] and len(full[0]) > 32

@@ -243,7 +243,15 @@ def _reply(value) -> str | None:
 
 
 def render_prompts(tokenizer, rows: list[dict], max_length: int | None = None) -> list[list[int]]:
-    """Token ids of each row's prompt through the chat template with the assistant turn opened (left-truncated)."""
+    """Token ids of each row's prompt through the chat template with the assistant turn opened, left-truncated to
+    max_length with a warning that counts the prompts cut (never silently)."""
+    import warnings
+
     from fai_rl.sampling import render_chat
 
-    return [render_chat(tokenizer, row["prompt"], max_length) for row in rows]
+    full = [render_chat(tokenizer, row["prompt"]) for row in rows]
+    cut = sum(bool(max_length) and len(ids) > max_length for ids in full)
+    if cut:
+        warnings.warn(f"{cut} of {len(rows)} prompts longer than data.max_length={max_length} tokens were cut from "
+                      "the left; raise data.max_length.", stacklevel=2)
+    return [ids[-max_length:] if max_length else ids for ids in full]
