@@ -20,10 +20,15 @@ from fai_rl.config.schema import Recipe
 
 
 def wandb_mode(recipe: Recipe) -> str:
-    """online or offline: auto means online only when an API key is configured."""
+    """online, offline or disabled: the user's WANDB_MODE offline/disabled wins over the recipe; auto means WANDB_MODE
+    when set, else online only when an API key is configured."""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    env = "offline" if env == "dryrun" else env
+    if env in ("offline", "disabled") or (recipe.wandb.mode == "auto" and env == "online"):
+        return env
     if recipe.wandb.mode != "auto":
         return recipe.wandb.mode
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+    if os.environ.get("WANDB_API_KEY"):
         return "online"
     server = urlparse(os.environ.get("WANDB_BASE_URL") or recipe.wandb.base_url or "https://api.wandb.ai").hostname
     try:
@@ -45,23 +50,48 @@ def start_wandb(recipe: Recipe, output_dir: Path):
         # exported wins over the recipe's
         os.environ["WANDB_BASE_URL"] = recipe.wandb.base_url
     mode = wandb_mode(recipe)
-    run = wandb.init(
-        project=recipe.wandb.project,
-        entity=recipe.wandb.entity,
-        name=recipe.wandb.name,
-        tags=list(recipe.wandb.tags) or None,
-        dir=str(output_dir),
-        mode=mode,
-        config=recipe_to_dict(recipe),
-    )
+    args = dict(project=recipe.wandb.project, entity=recipe.wandb.entity, name=recipe.wandb.name,
+                tags=list(recipe.wandb.tags) or None, dir=str(output_dir), config=recipe_to_dict(recipe))
+    why = (f"WANDB_MODE={os.environ['WANDB_MODE']}" if os.environ.get("WANDB_MODE")
+           else "wandb.mode: offline" if recipe.wandb.mode == "offline" else "no API key")
+    if mode == "online":  # a tracking service that cannot be reached never ends a training run
+        server = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+        proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
+        why = None if proxied else _unreachable(server)
+        if why is None:
+            try:
+                return wandb.init(mode="online", **args)
+            except Exception as e:  # wandb.Error (CommError, AuthenticationError, a timeout) or its service dying
+                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = f"{server} cannot be reached ({why}), kept training"
+        mode = "offline"
+    run = wandb.init(mode=mode, **args)
     if mode == "offline":
-        print(f"wandb: no API key, logging offline to {run.dir}; upload later with `wandb sync {Path(run.dir).parent}`")
+        print(f"wandb: {why}; logging offline to {run.dir}; upload later with `wandb sync {Path(run.dir).parent}`",
+              flush=True)
     return run
+
+
+def _unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """Why a TCP connection to `url`'s host cannot be made (None when it can): a quick look before wandb.init, whose
+    own retries take init_timeout (90 s) to give up on a dead network."""
+    import socket
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+    return None
 
 
 def finish_wandb(run) -> None:
     if run is not None:
-        run.finish()
+        try:
+            run.finish()
+        except Exception as e:  # the run's files are on disk already; an upload that fails does not fail the run
+            print(f"wandb: finishing the run failed ({e}); its files stay in {run.dir}", file=sys.stderr)
 
 
 def log_to_wandb(step: int, values: dict) -> None:
@@ -72,4 +102,7 @@ def log_to_wandb(step: int, values: dict) -> None:
     wandb = sys.modules.get("wandb")
     run = getattr(wandb, "run", None)
     if run is not None and values:
-        run.log(values, step=step)
+        try:
+            run.log(values, step=step)
+        except Exception as e:  # metrics.jsonl holds the row; wandb losing it never ends the run
+            print(f"wandb: step {step} not logged ({e}); metrics.jsonl has it", file=sys.stderr)
