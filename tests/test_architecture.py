@@ -17,7 +17,7 @@ LAYERS = [
     {"models"},
     {"rewards"},
     {"workflows"},
-    {"evaluation"},
+    {"evaluation", "inference"},  # inference: FAI-RL inference/eval recipes, fai-rl-serve
     {"backends"},  # the trainers, reached through the registry
     {"export"},
     {"cli"},  # the command line: resolve, plan the launch, open the run dir, hand the run to the backend
