@@ -10,6 +10,12 @@ answers, hh-rlhf's "\n\nHuman: ... \n\nAssistant: ..." pairs, Aegis's labels, ..
 --dry-run` runs on it and the table says which passed, with their notes, and the first problem of those that did not.
 Exit status 0 when every recipe passed. Used to check issue 13's "every FAI-RL recipe passes --dry-run"; sft_vlm
 recipes are reported as not offered (fai-rl has no multimodal SFT).
+
+FAI-RL's inference and evaluation recipes (recipes/inference, recipes/evaluation) go through fai-rl-inference and
+fai-rl-eval the same way (issue 19): model_paths entries and hub `model:` ids -> the tiny model, dataset_name -> a small
+file shaped like it (cais/mmlu's question/choices/answer, GSM8K's, or the recipe's dataset_columns), output_file -> the
+work dir, the `https://<YOUR_API_ENDPOINT>` placeholder -> a loopback URL (nothing is sent in a dry run). Image and
+video recipes are skipped (the VLM issue).
 """
 
 from __future__ import annotations
@@ -61,7 +67,13 @@ def _text(i: int) -> dict:
     return {"text": f"Document {i}. " + "The quick brown fox jumps over the lazy dog. " * (i % 6 + 2)}
 
 
+def _mmlu(i: int) -> dict:
+    return {"question": f"What is {i} + 1?", "choices": [str(i), str(i + 1), str(i + 2), str(i + 3)], "answer": 1,
+            "subject": "elementary_mathematics"}
+
+
 HUB_DATA = {  # a dataset's name on the hub -> rows shaped like it
+    "cais/mmlu": _mmlu,
     "openai/gsm8k": _gsm8k,
     "nvidia/OpenMathInstruct-2": _openmath,
     "nvidia/Aegis-AI-Content-Safety-Dataset-2.0": _aegis,
@@ -123,6 +135,63 @@ def localise(text: str, recipe: dict, work: Path, stem: str) -> str:
     return "".join(out)
 
 
+_INFER_LINE = re.compile(r"^(\s*(?:model|dataset_name|output_file|api_endpoint):\s*)(\"[^\"]*\"|'[^']*'|[^\s#]+)(.*)$")
+_LIST_ITEM = re.compile(r"^(\s*-\s*)(\"[^\"]*\"|'[^']*'|[^\s#]+)(.*)$")
+
+
+def localise_inference(text: str, section: dict, work: Path, stem: str) -> str:
+    """An inference/evaluation recipe's text with its models, data, output file and endpoint placeholder swapped."""
+    import yaml
+
+    out, in_paths = [], False
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("model_paths:"):
+            in_paths = True
+            out.append(line)
+            continue
+        item = _LIST_ITEM.match(line.rstrip("\n")) if in_paths else None
+        if item:
+            out.append(f'{item.group(1)}"{TINY}"{item.group(3)}\n')
+            continue
+        if stripped and not stripped.startswith("#"):
+            in_paths = False
+        m = _INFER_LINE.match(line.rstrip("\n"))
+        if not m:
+            out.append(line)
+            continue
+        head, value, tail = m.groups()
+        key, old = head.strip().rstrip(":"), yaml.safe_load(value)
+        if key == "model":
+            new = old if section.get("api_endpoint") else TINY
+        elif key == "api_endpoint":
+            new = "http://127.0.0.1:8000/v1/chat/completions" if "<" in str(old) else old
+        elif key == "output_file":
+            new = str(work / "outputs" / f"{stem}{Path(str(old)).suffix or '.csv'}")
+        else:
+            columns = section.get("dataset_columns") or ["prompt"]
+            rows = HUB_DATA.get(old) or (lambda i: {c: f"{c} of row {i}" for c in columns})
+            file = work / "data" / (re.sub(r"[^A-Za-z0-9]+", "_", str(old)).strip("_") + ".jsonl")
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text("".join(json.dumps(rows(i)) + "\n" for i in range(8)))
+            new = str(file)
+        out.append(f'{head}"{new}"{tail}\n')
+    return "".join(out)
+
+
+def _inference_command(f: Path, recipe: dict, work: Path) -> tuple[list[str] | None, Path | None, str]:
+    """(command, copy, why skipped) for a FAI-RL inference/evaluation recipe."""
+    section_name = "inference" if "inference" in recipe else "evaluation"
+    section = recipe[section_name] or {}
+    if section.get("image_columns") or section.get("video_columns"):
+        return None, None, "image/video inference comes with the VLM issue"
+    copy = work / "recipes" / f.parent.name / f.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(localise_inference(f.read_text(), section, work, f"{f.parent.name}-{f.stem}"))
+    module = "fai_rl.cli.inference" if section_name == "inference" else "fai_rl.cli.eval"
+    return [sys.executable, "-m", module, "--recipe", str(copy), "--dry-run"], copy, ""
+
+
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
@@ -137,17 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for f in files:
         recipe = yaml.safe_load(f.read_text())
-        algorithm = recipe.get("training", {}).get("algorithm")
         name = f"{f.parent.name}/{f.name}"
-        if algorithm == "sft_vlm":
-            print(f"SKIP  {name}: sft_vlm (FAI-RL's multimodal SFT) is not offered by fai-rl")
-            continue
-        copy = work / "recipes" / f.parent.name / f.name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.write_text(localise(f.read_text(), recipe, work, f"{f.parent.name}-{f.stem}"))
-        cmd = [sys.executable, "-m", "fai_rl.cli.train", "--recipe", str(copy), "--dry-run"]
-        if args.num_gpus is not None:
-            cmd += ["--num-gpus", str(args.num_gpus)]
+        if isinstance(recipe, dict) and ("inference" in recipe or "evaluation" in recipe):
+            cmd, copy, why = _inference_command(f, recipe, work)
+            if cmd is None:
+                print(f"SKIP  {name}: {why}")
+                continue
+        else:
+            algorithm = recipe.get("training", {}).get("algorithm")
+            if algorithm == "sft_vlm":
+                print(f"SKIP  {name}: sft_vlm (FAI-RL's multimodal SFT) is not offered by fai-rl")
+                continue
+            copy = work / "recipes" / f.parent.name / f.name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(localise(f.read_text(), recipe, work, f"{f.parent.name}-{f.stem}"))
+            cmd = [sys.executable, "-m", "fai_rl.cli.train", "--recipe", str(copy), "--dry-run"]
+            if args.num_gpus is not None:
+                cmd += ["--num-gpus", str(args.num_gpus)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         notes = [line for line in proc.stdout.splitlines() if line.startswith("note: ")]
         if proc.returncode == 0:
@@ -155,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             failed += 1
             lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-            first = next((i for i, line in enumerate(lines) if line.startswith("fai-rl-train:")), max(0, len(lines) - 4))
+            first = next((i for i, line in enumerate(lines) if line.startswith(("fai-rl-train:", "fai-rl-inference:",
+                                                                              "fai-rl-eval:"))), max(0, len(lines) - 4))
             problems = lines[first:first + 4]
             print(f"FAIL  {name}\n      " + "\n      ".join(problems))
         if args.show:

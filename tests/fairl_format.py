@@ -105,3 +105,36 @@ s3:
   delete_local_after_upload: false                      # Delete local checkpoint files after successful upload
 """
     return text
+
+
+def fairl_inference_recipe(section: str, models: str, output_file, dataset, columns: str, system_prompt: str,
+                           extra: str = "", temperature: float = 1.0, do_sample: bool = True) -> str:
+    """A recipe the way FAI-RL's recipes/inference/*.yaml and recipes/evaluation/*/*.yaml write it (`section` is
+    inference or evaluation); `models` the model lines (model_paths list, or model/api_endpoint/api_key), `extra`
+    more keys (ground_truth_column, user_prompt, ...), each line indented two spaces."""
+    prompt = textwrap.indent(textwrap.dedent(system_prompt).strip() + "\n", "    ")
+    return f"""\
+# {section.capitalize()} Configuration (FAI-RL layout)
+{section}:
+  # Model Configuration
+{textwrap.indent(textwrap.dedent(models).strip(), "  ")}
+
+  # Path to save results (CSV format with input columns + response column)
+  output_file: "{output_file}"
+
+  # Dataset Configuration
+  dataset_name: "{dataset}"   # HuggingFace dataset identifier or a local file
+  dataset_split: "test"                            # Dataset split to use: train, test, or validation
+  dataset_columns: {columns}           # List of columns to concatenate as model input
+  response_column: "response"                      # Name of column to store model responses (default: "response")
+{textwrap.indent(textwrap.dedent(extra).strip(), "  ")}
+
+  # System Prompt
+  system_prompt: |
+{prompt}
+  # Generation Parameters
+  temperature: {temperature}            # Sampling temperature (0.0 = deterministic, 2.0 = very random)
+  top_p: 0.9                  # Nucleus sampling threshold (0.0-1.0, lower = more focused)
+  max_new_tokens: 16          # Maximum number of tokens to generate per response
+  do_sample: {str(do_sample).lower()}             # Enable sampling (false = greedy decoding, true = stochastic sampling)
+"""
