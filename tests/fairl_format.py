@@ -136,5 +136,5 @@ def fairl_inference_recipe(section: str, models: str, output_file, dataset, colu
   temperature: {temperature}            # Sampling temperature (0.0 = deterministic, 2.0 = very random)
   top_p: 0.9                  # Nucleus sampling threshold (0.0-1.0, lower = more focused)
   max_new_tokens: 16          # Maximum number of tokens to generate per response
-  do_sample: {str(do_sample).lower()}             # Enable sampling (false = greedy decoding, true = stochastic sampling)
+  do_sample: {str(do_sample).lower()}             # Enable sampling (false = greedy decoding)
 """

@@ -10,9 +10,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Bottom to top. A module may import from its own layer's packages or any layer below, never above.
 LAYERS = [
-    {"errors", "imports", "stats", "paths", "algorithms"},  # neutral helpers and the algorithm registry
+    {"errors", "imports", "stats", "paths", "algorithms", "noise"},  # neutral helpers and the algorithm registry
     {"config"},  # the recipe: schema, rules, resolution
-    {"schedule", "rl_math", "sampling", "decode", "runlog", "s3", "artifacts", "tracking", "transcripts"},  # every trainer shares
+    {"schedule", "rl_math", "sampling", "decode", "runlog", "s3", "artifacts", "tracking", "transcripts",
+     "progress", "tensorboard_log"},  # every trainer shares
     {"data"},
     {"models"},
     {"rewards"},

@@ -30,7 +30,7 @@ def test_prompts_group_in_order_of_first_appearance_and_only_the_first_few_are_k
     assert transcripts.as_text(chat[0]) == "user: 2+2?"
 
 
-def test_a_transcript_is_jsonl_and_an_html_page_with_every_text_escaped(tmp_path):
+def test_a_transcript_is_jsonl_and_an_html_page_with_every_text_escaped(tmp_path, capsys):
     rows = [{"group": 0, "prompt": "What is 2 + 2?", "completion": "<script>alert('x')</script>", "reward": 1.0,
              "advantage": 0.5},
             {"group": 0, "prompt": "What is 2 + 2?", "completion": "5 & <b>six</b>", "reward": 0.0,
@@ -45,6 +45,12 @@ def test_a_transcript_is_jsonl_and_an_html_page_with_every_text_escaped(tmp_path
     assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "5 &amp; &lt;b&gt;six&lt;/b&gt;" in page and "&lt;|im_start|&gt;user" in page
     assert page.count("<h2>") == 2 and "mean reward 0.5" in page and "-0.5" in page
+    # the console (and so the run's log) shows a few samples as plain lines, each on one line
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == f"samples at step 8 (3 completions of 2 prompts in {tmp_path / 'rollouts' / 'step-8.html'})"
+    assert shown[1:4] == ["  prompt 1: What is 2 + 2?", "    reward      1  adv +0.50  | <script>alert('x')</script>",
+                          "    reward      0  adv -0.50  | 5 & <b>six</b>"]
+    assert shown[4] == "  prompt 2: <|im_start|>user ⏎ 1+1<|im_end|>" and shown[5].endswith("| 2")
 
 
 def test_every_metrics_row_and_the_rollouts_table_reach_an_offline_wandb_run(tmp_path, monkeypatch):

@@ -24,6 +24,8 @@ from fai_rl.algorithms import spec_of
 from fai_rl.config.load import recipe_to_yaml
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import RecipeError
+from fai_rl.progress import Progress
+from fai_rl.tensorboard_log import TensorBoardLog
 from fai_rl.tracking import log_to_wandb
 
 RUN_MARKERS = ("recipe.resolved.yaml", "metrics.jsonl", "final")
@@ -60,6 +62,8 @@ class RunDir:
         self.path = Path(output_dir)
         self.metrics_path = self.path / "metrics.jsonl"
         self.started = time.time()
+        self.progress = Progress(self.path)  # the live line and run_state.json (fai_rl.progress)
+        self.tensorboard: TensorBoardLog | None = None
 
     def start(self, recipe: Recipe, resume_step: int | None = None) -> None:
         """Create the dir and write the resolved recipe; on resume keep metrics up to the resumed step."""
@@ -71,17 +75,23 @@ class RunDir:
                 shutil.rmtree(ckpt, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+        self.progress.prepare(spec_of(recipe.training.algorithm).headline_metrics)
+        self.tensorboard = TensorBoardLog(self.path) if recipe.tensorboard.enabled else None
         if resume_step is not None and self.metrics_path.exists():
             kept = [row for row in self.read_metrics() if row.get("step", 0) <= resume_step]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
-    def log_metrics(self, step: int, metrics: dict) -> None:
-        """Append one row to metrics.jsonl (numbers only); the same row goes to the wandb run when there is one."""
+    def log_metrics(self, step: int, metrics: dict, total: int | None = None) -> None:
+        """Append one row to metrics.jsonl (numbers only); the same row goes to the wandb run when there is one, to
+        TensorBoard when it is on, and to the console's progress line (`total`: the run's steps, where known)."""
         row = {"step": step}
         row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         log_to_wandb(step, {k: v for k, v in row.items() if k != "step"})
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(step, {k: v for k, v in row.items() if k != "step"})
+        self.progress.metrics(step, row, total)
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():

@@ -2,8 +2,9 @@
 
 Every `training.log_rollouts_every` steps (and at step 1, to check the prompt format early) the first few prompts of
 the step's batch, each with every completion of its group, its reward and its advantage, are written to
-output_dir/rollouts/step-N.jsonl (one completion a line), step-N.html (a page a browser opens; all text escaped) and,
-when wandb is on, a `rollouts` table at step N. The Tinker RL driver and the local GRPO/RLOO trainers (through
+output_dir/rollouts/step-N.jsonl (one completion a line), step-N.html (a page a browser opens; all text escaped),
+a few of them as plain lines on the console (and so in the run's log), and, when wandb is on, a `rollouts` table at
+step N. The Tinker RL driver and the local GRPO/RLOO trainers (through
 fai_rl.backends.local.rollouts) hand the same rows here, so both backends write the same files.
 """
 
@@ -57,7 +58,33 @@ def write_transcript(output_dir: Path, step: int, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows), encoding="utf-8")
     (folder / f"step-{step}.html").write_text(_html(step, rows), encoding="utf-8")
     wandb_table(step, rows)
+    print(console_text(step, rows, folder / f"step-{step}.html"), flush=True)
     return path
+
+
+CONSOLE_PROMPTS, CONSOLE_COMPLETIONS, CONSOLE_WIDTH = 2, 3, 100  # what the console shows of a transcript
+
+
+def console_text(step: int, rows: list[dict], page: Path) -> str:
+    """A few prompts of the transcript, each with its first completions, reward and advantage, one line each (plain
+    text: the console and the log file show the same); the whole transcript is on `page`."""
+    groups: dict[int, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row.get("group", 0), []).append(row)
+    lines = [f"samples at step {step} ({len(rows)} completions of {len(groups)} prompts in {page})"]
+    for group, members in list(groups.items())[:CONSOLE_PROMPTS]:
+        lines.append(f"  prompt {group + 1}: {_line(members[0]['prompt'])}")
+        for m in members[:CONSOLE_COMPLETIONS]:
+            adv = m.get("advantage")
+            adv_text = f"  adv {adv:+.2f}" if isinstance(adv, (int, float)) and math.isfinite(adv) else ""
+            lines.append(f"    reward {_number(m.get('reward')):>6}{adv_text}  | {_line(m.get('completion', ''))}")
+    return "\n".join(lines)
+
+
+def _line(text) -> str:
+    """Text on one line (newlines shown as ⏎), cut to CONSOLE_WIDTH characters."""
+    flat = as_text(text).replace("\n", " ⏎ ")
+    return flat if len(flat) <= CONSOLE_WIDTH else flat[: CONSOLE_WIDTH - 1] + "…"
 
 
 def wandb_table(step: int, rows: list[dict]) -> None:

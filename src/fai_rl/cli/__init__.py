@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from fai_rl.noise import silence_known_noise
+
 EXIT_USAGE = 2
+silence_known_noise()  # two library messages no user needs (fai_rl.noise says which and why)
 
 
 def report_errors(prog: str, run: Callable[[], int], interrupted: str = "") -> int:

@@ -131,8 +131,11 @@ def _run_recipe(args: argparse.Namespace, argv: list[str], recipe, launched: boo
         return 0
     if args.nohup:
         pid, log, pid_file = detach(recipe, child_argv)
-        print(f"started in the background (pid {pid})\n  log:    {log}\n  follow: tail -f {log}\n"
-              f"  stop:   kill {pid}    # or: kill $(cat {pid_file})")
+        out = recipe.training.output_dir
+        print(f"started in the background (pid {pid})\n  log:    {log}\n  list:   fai-rl-runs list {Path(out).parent}\n"
+              f"  follow: fai-rl-runs follow {out}    # or: tail -f {log}\n"
+              f"  stop:   fai-rl-runs stop {out}      # a checkpoint first; or: kill {pid} (the same), "
+              f"pid in {pid_file}")
         return 0
     if plan is not None and plan.command is not None:
         return relaunch(plan, Path(recipe.training.output_dir) / "recipe.resolved.yaml")
@@ -155,6 +158,11 @@ def _train(recipe, resume: str | None, module, command: list[str]) -> int:
     from fai_rl.runlog import run_started
     from fai_rl.tracking import finish_wandb, start_wandb
 
+    from fai_rl.progress import RunStopped, install_stop_handlers, say
+    from fai_rl.tensorboard_log import check_tensorboard
+
+    check_tensorboard(recipe.tensorboard.enabled)
+    say("reading and tokenising the data")
     prepared = module.prepare(recipe, resume)  # data and resume point checked before anything is written
     run = RunDir(recipe.training.output_dir)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -162,12 +170,30 @@ def _train(recipe, resume: str | None, module, command: list[str]) -> int:
         run.start(recipe, resume_step=prepared.resume.step if prepared.resume else None)
         run_started()
         print(run_header(recipe, prepared, int(os.environ.get("WORLD_SIZE", "1"))), flush=True)
+    install_stop_handlers()  # SIGTERM, Ctrl-C, output_dir/STOP: checkpoint, then stop (fai-rl-runs stop)
     wandb_run = start_wandb(recipe, run.path) if main_process else None
+    say("loading the model" + (" on the Tinker service" if recipe.training.backend == "tinker" else ""))
     try:
         summary = module.train(recipe, prepared, run)
+    except RunStopped as stop:
+        if main_process:
+            run.progress.finish("stopped")
+            run.plot_curves(recipe.training.algorithm)
+            again = command if "--resume" in command else [*command, "--resume"]
+            print(f"stopped at step {stop.step} on request; checkpoint: {stop.checkpoint}\n"
+                  f"continue with: {' '.join(again)}", flush=True)
+        _close_process_group()
+        return 0
+    except BaseException:
+        if main_process:
+            run.progress.finish("failed")
+        raise
     finally:
         finish_wandb(wandb_run)
+        if run.tensorboard is not None:
+            run.tensorboard.close()
     if main_process:
+        run.progress.finish("finished")
         run.plot_curves(recipe.training.algorithm)
         write_run_card(run.path, command)  # after the trainer: TRL's own card (run_trainer stops it) never replaces it
         print(format_summary(summary, run.path, recipe.training.algorithm))

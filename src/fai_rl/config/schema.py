@@ -25,14 +25,14 @@ from fai_rl.config.schema_fields import (
     _f,
 )
 from fai_rl.config.schema_rewards import DEFAULT_JUDGE_PROMPT, JUDGE_PLACEHOLDERS, RewardSpec, WorkflowConfig
-from fai_rl.config.schema_services import S3Config, TinkerConfig, WandbConfig
+from fai_rl.config.schema_services import S3Config, TensorBoardConfig, TinkerConfig, WandbConfig
 from fai_rl.config.schema_training import TrainingConfig
 
 __all__ = [
     "ALGORITHMS", "BACKENDS", "DEFAULT_JUDGE_PROMPT", "DPO_LOSSES", "EVAL_METRICS", "EVAL_TASK_TYPES", "GRPO_LOSSES",
     "JUDGE_PLACEHOLDERS", "LR_SCHEDULERS", "OPTIMIZERS",
     "DataConfig", "DatasetSpec", "EvalRecipe", "EvalTaskConfig", "EvaluationConfig", "ModelConfig", "Recipe",
-    "RewardSpec", "S3Config", "TinkerConfig", "TrainingConfig", "WandbConfig", "WorkflowConfig",
+    "RewardSpec", "S3Config", "TensorBoardConfig", "TinkerConfig", "TrainingConfig", "WandbConfig", "WorkflowConfig",
 ]
 
 
@@ -44,6 +44,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     rewards: list[RewardSpec] = _f(
         [], help="Reward functions for the RL algorithms, summed with their weights; in SFT, metrics of greedy replies "
         "to the held-out prompts at each evaluation (eval_reward)."

@@ -1,4 +1,4 @@
-"""Recipe sections for the services a run talks to: `wandb:` (logging), `s3:` (uploads) and `tinker:` (the backend)."""
+"""Recipe sections for the services a run talks to: `wandb:` and `tensorboard:` (logging), `s3:` (uploads) and `tinker:` (the backend)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ class WandbConfig:
     api_key: Optional[str] = _f(
         None, help="Must stay null: the key comes from WANDB_API_KEY or `wandb login`, never from a recipe."
     )
+
+
+@dataclass
+class TensorBoardConfig:
+    """TensorBoard event files beside wandb (needs the tensorboard package: pip install 'fai-rl[tensorboard]')."""
+
+    enabled: bool = _f(False, help="Write every metrics.jsonl row as TensorBoard scalars into output_dir/tensorboard/.")
 
 
 @dataclass

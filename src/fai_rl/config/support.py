@@ -253,6 +253,8 @@ KEYS: dict[str, Support] = {
     "wandb.mode": Support(maps_to="wandb.init(mode=...)"),
     "wandb.base_url": _fai(maps_to="WANDB_BASE_URL"),
     "wandb.api_key": _fai(maps_to="refused unless null: WANDB_API_KEY / `wandb login`"),
+    "tensorboard.enabled": Support(maps_to="every metrics.jsonl row as scalars in output_dir/tensorboard/, both "
+                                   "backends (fai_rl.tensorboard_log)"),
     # ---- rewards, Tinker, workflows
     "rewards": Support(algorithms=("sft", *SAMPLING), maps_to="reward functions (SFT: eval metrics of greedy replies)"),
     "tinker.rl_loss": Support(algorithms=algorithm_names(samples_groups=True, sequence_ratios=False),

@@ -24,6 +24,7 @@ from fai_rl.models.load import (
     use_liger_kernel,
     use_padding_free,
 )
+from fai_rl.progress import RunStopped, stop_requested
 from fai_rl.s3 import Uploads, fetch_resume_checkpoint
 
 # transformers 5.2x renamed gradient_checkpointing (the old name warns); older 5.x only knows the old one.
@@ -163,13 +164,6 @@ def trainer_arguments(recipe: Recipe, has_eval: bool, count_input_tokens: bool =
     }
 
 
-# What the log lines and the end-of-run table show, when a run logs them.
-HEADLINE_METRICS = (
-    "eval_loss", "loss", "eval_reward", "reward", "eval_rewards/accuracies", "eval_rewards/margins",
-    "rewards/accuracies", "rewards/margins", "value_loss", "kl",
-)
-
-
 def quiet_progress_bars() -> None:
     """Per-shard and per-map progress bars flood logs (and --nohup files); our metrics lines say what matters."""
     import datasets
@@ -180,19 +174,42 @@ def quiet_progress_bars() -> None:
 
 
 class MetricsCallback(TrainerCallback):
-    """Appends every log HF Trainer makes (train and eval) to metrics.jsonl and prints a compact line."""
+    """Appends every log HF Trainer makes (train and eval) to metrics.jsonl, moves the progress line on every step,
+    and stops cleanly (a checkpoint saved first) when the run is asked to stop (fai_rl.progress)."""
 
     def __init__(self, run: RunDir):
         self.run = run
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.run.progress.begin(state.max_steps, state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.run.progress.tick(state.global_step, state.max_steps)
+        if _all_ranks_agree(stop_requested(self.run.path)) and state.global_step < state.max_steps:
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        self.run.log_metrics(state.global_step, logs)
-        shown = {k: v for k, v in logs.items() if k in HEADLINE_METRICS or k in ("learning_rate", "grad_norm")}
-        if shown:
-            body = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
-            print(f"step {state.global_step}/{state.max_steps}  {body}", flush=True)
+        self.run.log_metrics(state.global_step, logs, total=state.max_steps)
+
+
+def _all_ranks_agree(flag: bool) -> bool:
+    """A stop seen by any process stops all of them at the same step (one all-reduce a step, only when several)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flag
+    import torch
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def peak_gpu_memory_gib() -> float | None:
@@ -336,8 +353,12 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
         trainer.add_callback(uploads.callback())
     if resume is not None and resume.weights_only:
         trainer.add_callback(ContinueSchedule())
+    seen_before = _tokens_seen(resume) if resume else 0  # read now: save_total_limit may rotate the checkpoint out
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     state = trainer.state
+    stopped = next((c.stopped_at for c in trainer.callback_handler.callbacks if isinstance(c, MetricsCallback)), None)
+    if stopped is not None:  # asked to stop: checkpoint-N is written; no final evaluation, no final/
+        raise RunStopped(stopped, str(run.path / f"checkpoint-{stopped}"))
     evaluated = [log["step"] for log in state.log_history if any(k.startswith("eval_") for k in log)]
     if has_eval and max(evaluated, default=-1) != state.global_step:
         trainer.evaluate()  # logged through MetricsCallback like every other evaluation
@@ -346,7 +367,7 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
         return None
     uploads.final(final)
     runtime = result.metrics.get("train_runtime", 0.0)
-    tokens = state.num_input_tokens_seen - (_tokens_seen(resume) if resume else 0)
+    tokens = state.num_input_tokens_seen - seen_before
     if not tokens:  # trainers that count tokens themselves (GRPO's num_tokens: prompts + completions)
         tokens = max((log.get("num_tokens", 0) for log in state.log_history), default=0)
     return run.write_summary(

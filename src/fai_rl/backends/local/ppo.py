@@ -137,10 +137,7 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
 
     def log(step: int, metrics: dict) -> None:
         if main:
-            run.log_metrics(step, metrics)
-            shown = ("reward", "eval_reward", "kl", "policy_loss", "value_loss", "completion_length")
-            body = "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
-            print(f"step {step}/{ppo.max_steps}  {body}", flush=True)
+            run.log_metrics(step, metrics, total=ppo.max_steps)  # and the progress line (fai_rl.progress)
 
     has_eval = bool(prepared.eval_rows)
     if has_eval and prepared.resume is None:

@@ -34,8 +34,6 @@ from fai_rl.workflows.data import describe_workflow, load_workflow_rows
 from fai_rl.workflows.loop import evaluate, rollout_metrics
 from fai_rl.workflows.samplers import LocalSampler
 
-HEADLINE = ("reward/solver", "reward/judge", "solver_acc", "judge_acc", "eval_solver_pass@1", "eval_judge_accuracy",
-            "eval_judge_pass@1", "loss")
 MICRO_BATCH = 64  # sequences per forward/backward pass of the update
 
 
@@ -147,9 +145,7 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
           f"per step, grouping {w.grouping}, steps 1..{total}", flush=True)
 
     def log(step: int, metrics: dict) -> None:
-        run.log_metrics(step, metrics)
-        body = "  ".join(f"{k} {metrics[k]:.4g}" for k in HEADLINE if k in metrics)
-        print(f"step {step}/{total}  {body}", flush=True)
+        run.log_metrics(step, metrics, total=total)  # and the progress line (fai_rl.progress)
 
     if prepared.eval:
         log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))

@@ -26,6 +26,7 @@ from fai_rl.artifacts import RunDir
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.load import resolve_model_path
+from fai_rl.progress import RunStopped, stop_requested
 from fai_rl.s3 import Uploads
 from fai_rl.schedule import Schedule
 
@@ -167,6 +168,13 @@ class TinkerSession:
         self.last_state = saved.path
         self._record("state", step, saved.path)
         return saved.path
+
+    def stop_if_asked(self, step: int, total: int) -> None:
+        """fai-rl-runs stop, SIGTERM or Ctrl-C (fai_rl.progress): save the state at `step` (unless just saved) and end
+        the run with RunStopped; --resume continues from that state. Called after every step."""
+        if step != total and stop_requested(self.run.path):
+            saved = self.last_state if (self.last_state or "").endswith(f"step-{step:06d}") else self.save_state(step)
+            raise RunStopped(step, saved)
 
     def _record(self, kind: str, step: int, path: str) -> None:
         file = self.run.path / CHECKPOINTS_FILE
@@ -354,14 +362,10 @@ def write_summary(run: RunDir, recipe: Recipe, resume: TinkerResume | None, sess
 
 
 class StepLog:
-    """Prints the compact step lines the local backend prints, and appends metrics.jsonl rows."""
+    """Appends metrics.jsonl rows; RunDir.log_metrics prints the progress line, as on the local backend."""
 
     def __init__(self, run: RunDir, total: int, headline: tuple[str, ...]):
         self.run, self.total, self.headline = run, total, headline
 
     def __call__(self, step: int, metrics: dict) -> None:
-        self.run.log_metrics(step, metrics)
-        shown = {k: v for k, v in metrics.items() if k in self.headline and isinstance(v, (int, float))}
-        if shown:
-            body = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
-            print(f"step {step}/{self.total}  {body}", flush=True)
+        self.run.log_metrics(step, metrics, total=self.total)  # and the progress line (fai_rl.progress)

@@ -198,6 +198,7 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
                 evaluate(done)
             if done % save_every == 0 and done != total:
                 session.save_state(done)
+            session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
         evaluate(total)
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)

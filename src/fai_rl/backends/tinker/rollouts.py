@@ -252,6 +252,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                 log(done, evaluate_reward(session, sampler, prepared, recipe, done))
             if done % save_every == 0 and done != total:
                 session.save_state(done)
+            session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
         if prepared.eval:
             log(total, evaluate_reward(session, sampler, prepared, recipe, total))
         runtime = time.time() - began

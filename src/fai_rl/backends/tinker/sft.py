@@ -121,6 +121,7 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
                 evaluate(done)
             if done % save_every == 0 and done != total:
                 session.save_state(done)
+            session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
         step = total
         evaluate(total)
         runtime = time.time() - began

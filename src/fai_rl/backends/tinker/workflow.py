@@ -130,6 +130,7 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
                 log(done, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
             if done % save_every == 0 and done != total:
                 session.save_state(done)
+            session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
         if prepared.eval:
             log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
         runtime = time.time() - began
