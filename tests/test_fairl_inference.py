@@ -91,3 +91,34 @@ def test_fairl_recipe_mistakes_are_named_and_a_key_is_never_echoed(tmp_path, dat
     assert f"{path}:" in err and "inference.temprature: unknown key" in err and "temperature" in err
     assert "inference.image_columns" in err and "VLM issue" in err
     assert "command line: inference.max_new_tokens: 0: must be at least 1" in err
+
+
+def test_nohup_run_against_an_endpoint_that_is_down_lists_every_row(tmp_path, data, capsys):
+    """--nohup detaches a real run; the SDK retries the refused connections with backoff, then each row is listed as
+    failed, the output keeps FAI-RL's header with no rows, and the exit code is 1."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    models = f'api_endpoint: "http://127.0.0.1:{port}/v1"\napi_key: null\nmodel: "fai-rl/tiny"'
+    recipe = fairl_inference_recipe("inference", models, tmp_path / "o.csv", data / "chat.csv",
+                                    '["persona", "prompt"]', PERSONA, "api_max_retries: 1\napi_timeout_s: 5")
+    assert inference_main(["--recipe", _write(tmp_path, recipe), "--nohup"]) == 0
+    started = capsys.readouterr().out
+    assert "started in the background (pid" in started
+    log = next((tmp_path / "logs").glob("inference-*.log"))
+    for _ in range(240):
+        if (tmp_path / "o_summary.json").exists():
+            break
+        time.sleep(0.25)
+    summary = json.loads((tmp_path / "o_summary.json").read_text())
+    assert summary["failed_rows"] == {"fai-rl/tiny": [0, 1]} and summary["successful_examples"] == 0
+    assert (tmp_path / "o.csv").read_text() == '"persona","prompt","response"\n'
+    for _ in range(40):
+        if "failed" in log.read_text() and "0 rows in" in log.read_text():
+            break
+        time.sleep(0.25)
+    text = log.read_text()
+    assert "failed: fai-rl/tiny row 0: APIConnectionError" in text and "failed: fai-rl/tiny row 1" in text

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from fai_rl.errors import UsageError
-from fai_rl.inference.run import load_rows, model_names, run_pass, sampling_knobs, write_atomic, write_rows
+from fai_rl.inference.run import (load_rows, model_names, output_columns, run_pass, sampling_knobs, write_atomic,
+                                  write_rows)
 
 
 def check_recipe(c, what: str) -> tuple[list[dict], list[str]]:
@@ -68,7 +69,7 @@ def run_inference_recipe(c, log=print) -> int:
     """The inference pass of an `inference:` recipe; returns 1 when rows failed (they are listed), else 0."""
     rows, _ = check_recipe(c, "inference")
     result = run_pass(c, rows, "inference", log)
-    out = write_rows(c.output_file, result.rows)
+    out = write_rows(c.output_file, result.rows, output_columns(c))
     failed = _report_failures(result, log)
     summary = {"total_examples": len(rows), "num_checkpoints": len(model_names(c)),
                "total_expected_results": len(rows) * len(model_names(c)), "successful_examples": len(result.rows),
@@ -92,7 +93,7 @@ def run_eval_recipe(c, log=print) -> int:
         raise UsageError(f"evaluation.ground_truth_column: '{c.ground_truth_column}' not in {c.dataset_name} (its "
                          f"columns: {sorted(rows[0])}).")
     result = run_pass(c, rows, "evaluation", log, mmlu=task == "mmlu")
-    write_rows(c.output_file, result.rows)
+    write_rows(c.output_file, result.rows, output_columns(c))
     failed = _report_failures(result, log)
     truths = [r.get(c.ground_truth_column) for r in rows]
     names = model_names(c)

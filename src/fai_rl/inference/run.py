@@ -149,15 +149,21 @@ def _local_replies(c, name: str, convs: list[list[dict]], knobs: dict, what: str
     return [g[0].text for g in groups]
 
 
-def write_rows(path: str | Path, rows: list[dict]) -> Path:
-    """CSV (every field quoted, as FAI-RL's pandas QUOTE_ALL) or JSONL, written to a temporary file and renamed."""
+def output_columns(c) -> list[str]:
+    """The output file's columns, in FAI-RL's order."""
+    return [*c.dataset_columns, *([c.checkpoint_column] if len(model_names(c)) > 1 else []), c.response_column]
+
+
+def write_rows(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """CSV (every field quoted, as FAI-RL's pandas QUOTE_ALL; `columns` head it even with no rows) or JSONL, written
+    to a temporary file and renamed."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
     else:
         buf = io.StringIO()
-        columns = list(dict.fromkeys(k for r in rows for k in r))
+        columns = list(dict.fromkeys([*(columns or []), *(k for r in rows for k in r)]))
         writer = csv.DictWriter(buf, fieldnames=columns, quoting=csv.QUOTE_ALL, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: _cell(r.get(k, "")) for k in columns} for r in rows)
