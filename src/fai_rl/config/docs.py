@@ -131,6 +131,13 @@ def render() -> str:
         "",
     ]
     _section(EvalRecipe, "", out)
+    from fai_rl.config.schema_fairl_infer import FaiRLEvalRecipe, FaiRLInferenceRecipe
+
+    out += ["# FAI-RL inference and evaluation recipes (`fai-rl-inference`, `fai-rl-eval`)", "",
+            "FAI-RL's own `inference:` and `evaluation:` layouts, read unchanged (overrides: `key=value` or "
+            "`inference.key=value`); keys marked fai-rl are ours. Guide: the README.", ""]
+    _section(FaiRLInferenceRecipe, "", out)
+    _section(FaiRLEvalRecipe, "", out)
     return "\n".join(out).rstrip() + "\n"
 
 
