@@ -51,13 +51,21 @@ def _on_signal(signum, frame) -> None:
           file=sys.stderr, flush=True)
 
 
-def install_stop_handlers() -> None:
-    """SIGTERM and the first SIGINT ask for a clean stop instead of killing the process (main thread only)."""
+def install_stop_handlers():
+    """SIGTERM and the first SIGINT ask for a clean stop instead of killing the process (main thread only); returns
+    a function that puts the previous handlers back (a run called in-process, as tests do, leaves none behind)."""
+    global _STOP_SIGNALLED
+    _STOP_SIGNALLED = False
     try:
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        before = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread (a test calling train in a thread): keep the defaults
-        pass
+        return lambda: None
+
+    def restore() -> None:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def stop_requested(output_dir: str | Path) -> bool:

@@ -170,7 +170,7 @@ def _train(recipe, resume: str | None, module, command: list[str]) -> int:
         run.start(recipe, resume_step=prepared.resume.step if prepared.resume else None)
         run_started()
         print(run_header(recipe, prepared, int(os.environ.get("WORLD_SIZE", "1"))), flush=True)
-    install_stop_handlers()  # SIGTERM, Ctrl-C, output_dir/STOP: checkpoint, then stop (fai-rl-runs stop)
+    restore_signals = install_stop_handlers()  # SIGTERM, Ctrl-C, output_dir/STOP: checkpoint, then stop
     wandb_run = start_wandb(recipe, run.path) if main_process else None
     say("loading the model" + (" on the Tinker service" if recipe.training.backend == "tinker" else ""))
     try:
@@ -189,6 +189,7 @@ def _train(recipe, resume: str | None, module, command: list[str]) -> int:
             run.progress.finish("failed")
         raise
     finally:
+        restore_signals()
         finish_wandb(wandb_run)
         if run.tensorboard is not None:
             run.tensorboard.close()

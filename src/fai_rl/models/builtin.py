@@ -31,6 +31,7 @@ from pathlib import Path
 
 from fai_rl.errors import RecipeError
 from fai_rl.paths import cache_home
+from fai_rl.progress import say
 
 BUILTIN_MODELS: dict[str, str] = {
     "fai-rl/tiny": (
@@ -293,6 +294,7 @@ def _materialize(final: Path, build) -> Path:
     # Build next to the target (same filesystem) so the final rename is atomic; a concurrent builder either wins the
     # rename or finds the winner's complete directory and discards its own.
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    say(f"building the built-in model {final.name} (first use only; cached in {final.parent})")
     try:
         build(tmp)
         try:

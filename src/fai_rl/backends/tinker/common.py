@@ -26,7 +26,7 @@ from fai_rl.artifacts import RunDir
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.load import resolve_model_path
-from fai_rl.progress import RunStopped, stop_requested
+from fai_rl.progress import RunStopped, say, stop_requested
 from fai_rl.s3 import Uploads
 from fai_rl.schedule import Schedule
 
@@ -254,6 +254,7 @@ def download_adapter(session: TinkerSession, tokenizer, step: int) -> Path:
     As `tinker checkpoint download` does: `save_weights_external` on the service, then one signed URL per file
     (`get_external_weights_urls`). Written into a staging dir and renamed into place, so final/ is never half-written.
     """
+    say(f"exporting the final adapter on the Tinker service and downloading it into {session.run.path / 'final'}")
     export = session.retry(lambda: session.training.save_weights_external("final"), "exporting the final adapter")
     rest = session.service.create_rest_client()
     listing = session.wait(rest.get_external_weights_urls(export.path), f"listing the files of {export.path}")
