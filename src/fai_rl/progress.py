@@ -162,10 +162,15 @@ class Progress:
         pct = f" [{100 * self.step / self.total:.0f}%]" if self.total else ""
         rate = self.rate()
         speed = (f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it") if rate else "- it/s"
-        shown = {k: v for k, v in (row or {}).items() if self._shown(k)} or self.latest
+        shown = self._ordered({k: v for k, v in (row or {}).items() if self._shown(k)} or self.latest)
         body = "  ".join(f"{k} {v:.4g}" for k, v in shown.items() if isinstance(v, (int, float)))
         return (f"step {self.step}/{total}{pct}  {clock(time.time() - self.started)}<{clock(self.eta_s())}  "
                 f"{speed}  {body}").rstrip()
+
+    def _ordered(self, values: dict) -> dict:
+        """Headline metrics in the algorithm's own order (the registry's), the rest after them."""
+        order = {k: i for i, k in enumerate(self.headline)}
+        return dict(sorted(values.items(), key=lambda kv: order.get(kv[0], len(order))))
 
     def _shown(self, key: str) -> bool:  # a workflow's per-role rewards stand in where no headline metric is logged
         return key in self.headline or key.removeprefix("eval_").split("/")[0] == "reward"
@@ -188,8 +193,7 @@ class Progress:
     def write_state(self, state: str) -> None:
         """output_dir/run_state.json, written whole and renamed into place (a reader never sees half of it)."""
         eta = self.eta_s()
-        order = {k: i for i, k in enumerate(self.headline)}  # the algorithm's own order: fai-rl-runs shows the first
-        latest = dict(sorted(self.latest.items(), key=lambda kv: order.get(kv[0], len(order))))
+        latest = self._ordered(self.latest)  # fai-rl-runs shows the first ones
         self._stated = time.time()
         data = {
             "state": state, "pid": os.getpid(), "host": socket.gethostname(), "step": self.step, "total": self.total,
