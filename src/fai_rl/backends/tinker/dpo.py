@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from fai_rl.artifacts import RunDir
+from fai_rl.backends.tinker.pipeline import pipelined
 from fai_rl.backends.tinker.common import (
     StepLog,
     TinkerResume,
@@ -175,9 +176,9 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
 
         if start == 0:
             evaluate(0)
-        for step in range(start, total):
+        def submit(step: int):
             picked = [prepared.train[i] for i in schedule.rows(step)]
-            _reference(session, reference, picked, ref)
+            _reference(session, reference, picked, ref)  # while the step before trains on the service
             seen: dict = {}
 
             def loss_fn(data, logps_list, pairs=picked, seen=seen):
@@ -186,19 +187,26 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
                 return loss, metrics
 
             fb = session.training.forward_backward_custom(_data(tinker, picked), loss_fn)
-            opt = session.training.optim_step(session.adam(step))
+            return picked, seen, fb, session.training.optim_step(session.adam(step))
+
+        def may_queue(done: int) -> bool:  # nothing after step `done` needs its weights: queue the next step
+            return (not (t.eval_steps and done % t.eval_steps == 0) and done % save_every != 0)
+
+        step_began = time.time()
+        for step, (picked, seen, fb, opt), queued in pipelined(start, total, submit, may_queue):
             session.wait(fb, f"forward_backward at step {step + 1}")
             session.wait(opt, f"optim_step at step {step + 1}")
             tokens += sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in picked)
             done = step + 1
             if done % t.logging_steps == 0 or done == total or done == start + 1:
                 log(done, {**seen, "learning_rate": schedule.learning_rate(step), "epoch": schedule.epoch(step),
-                           "num_tokens": tokens})
+                           "num_tokens": tokens, "step_time_s": time.time() - step_began,
+                           "queued_ahead": float(queued)})
             if t.eval_steps and done % t.eval_steps == 0 and done != total:
                 evaluate(done)
             if done % save_every == 0 and done != total:
                 session.save_state(done)
-            session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
+            step_began = time.time()
         evaluate(total)
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)

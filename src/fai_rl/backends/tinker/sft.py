@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from fai_rl.artifacts import RunDir
+from fai_rl.backends.tinker.pipeline import pipelined
 from fai_rl.backends.tinker.common import (
     StepLog,
     TinkerResume,
@@ -104,11 +105,16 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
     try:
         if start == 0:
             evaluate(0)
-        for step in range(start, total):
-            step_began = time.time()
+        def submit(step: int):
             examples = [data.train[i] for i in schedule.rows(step)]
             fb = session.training.forward_backward([to_datum(tinker, e) for e in examples], "cross_entropy")
-            opt = session.training.optim_step(session.adam(step))  # submitted before either is awaited
+            return examples, fb, session.training.optim_step(session.adam(step))
+
+        def may_queue(done: int) -> bool:  # nothing after step `done` needs its weights: queue the next step
+            return (not (t.eval_steps and done % t.eval_steps == 0) and done % save_every != 0)
+
+        step_began = time.time()
+        for step, (examples, fb, opt), queued in pipelined(start, total, submit, may_queue):
             out = session.wait(fb, f"forward_backward at step {step + 1}")
             session.wait(opt, f"optim_step at step {step + 1}")
             loss, n = mean_nll(out, examples)
@@ -116,12 +122,13 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
             done = step + 1
             if done % t.logging_steps == 0 or done == total or done == start + 1:
                 log(done, {"loss": loss, "learning_rate": schedule.learning_rate(step), "epoch": schedule.epoch(step),
-                           "num_tokens": trained_tokens, "loss_tokens": n, "step_time_s": time.time() - step_began})
+                           "num_tokens": trained_tokens, "loss_tokens": n, "step_time_s": time.time() - step_began,
+                           "queued_ahead": float(queued)})
             if t.eval_steps and done % t.eval_steps == 0 and done != total:
                 evaluate(done)
             if done % save_every == 0 and done != total:
                 session.save_state(done)
-            session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
+            step_began = time.time()
         step = total
         evaluate(total)
         runtime = time.time() - began
