@@ -29,6 +29,7 @@ from fai_rl.backends.tinker.common import (
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_preference_rows
 from fai_rl.models.load import load_tokenizer
+from fai_rl.progress import stop_requested
 from fai_rl.rl_math import dpo_losses
 from fai_rl.schedule import Schedule
 
@@ -190,7 +191,8 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
             return picked, seen, fb, session.training.optim_step(session.adam(step))
 
         def may_queue(done: int) -> bool:  # nothing after step `done` needs its weights: queue the next step
-            return (not (t.eval_steps and done % t.eval_steps == 0) and done % save_every != 0)
+            return (not (t.eval_steps and done % t.eval_steps == 0) and done % save_every != 0
+                    and not stop_requested(run.path))
 
         step_began = time.time()
         for step, (picked, seen, fb, opt), queued in pipelined(start, total, submit, may_queue):
@@ -206,6 +208,8 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
                 evaluate(done)
             if done % save_every == 0 and done != total:
                 session.save_state(done)
+            if not queued:  # with the next step in flight a state saved now would not be step `done`'s
+                session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
             step_began = time.time()
         evaluate(total)
         runtime = time.time() - began
