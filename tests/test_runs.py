@@ -92,3 +92,39 @@ def test_the_progress_line_says_step_eta_rate_and_headline_and_the_state_file_fo
     assert state["headline"] == {"loss": 1.5} and state["pid"] == os.getpid()
     progress.finish("finished")
     assert read_state(tmp_path)["state"] == "finished"
+
+
+@pytest.mark.tinker
+@pytest.mark.slow
+def test_sigterm_stops_a_tinker_run_at_a_saved_state_that_resume_continues(tmp_path, tinker_server, monkeypatch):
+    import signal
+    import threading
+
+    from fai_rl.cli.train import main
+
+    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    out = tmp_path / "tinker-sft"
+    common = ["--recipe", QUICKSTART, "training.backend=tinker", f"tinker.base_url={tinker_server.base_url}",
+              "model.base_model_name=fai-rl/tiny-sft", "tinker.lora_rank=8", f"training.output_dir={out}",
+              "training.eval_steps=null", "training.logging_steps=1", "tinker.download_final=false",
+              "data.eval_datasets=[]", "training.warmup_steps=0"]
+
+    def terminate_at_step_2():  # what `kill PID` does to a --nohup run
+        deadline = time.time() + 240
+        while ((read_state(out) or {}).get("step") or 0) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_at_step_2, daemon=True).start()
+    assert main([*common, "training.max_steps=200"]) == 0
+    state = read_state(out)
+    assert state["state"] == "stopped" and 2 <= state["step"] < 200
+    saved = [c for c in json.loads((out / "checkpoints.json").read_text())["checkpoints"] if c["kind"] == "state"]
+    assert saved[-1]["step"] == state["step"]  # the state the stop saved, the one --resume takes
+    assert not (out / "final").exists() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    end = state["step"] + 1
+    assert main([*common, f"training.max_steps={end}", "--resume"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] == state["step"] and summary["global_step"] == end
+    assert read_state(out)["state"] == "finished"

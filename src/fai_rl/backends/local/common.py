@@ -188,7 +188,7 @@ class MetricsCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.run.progress.tick(state.global_step, state.max_steps)
-        if _all_ranks_agree(stop_requested(self.run.path)) and state.global_step < state.max_steps:
+        if all_ranks_agree(stop_requested(self.run.path)) and state.global_step < state.max_steps:
             control.should_save = control.should_training_stop = True
             self.stopped_at = state.global_step
 
@@ -198,7 +198,7 @@ class MetricsCallback(TrainerCallback):
         self.run.log_metrics(state.global_step, logs, total=state.max_steps)
 
 
-def _all_ranks_agree(flag: bool) -> bool:
+def all_ranks_agree(flag: bool) -> bool:
     """A stop seen by any process stops all of them at the same step (one all-reduce a step, only when several)."""
     import torch.distributed as dist
 

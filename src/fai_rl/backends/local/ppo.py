@@ -40,7 +40,13 @@ from types import SimpleNamespace
 import torch
 
 from fai_rl.artifacts import RunDir
-from fai_rl.backends.local.common import check_precision, find_resume_point, peak_gpu_memory_gib, save_final
+from fai_rl.backends.local.common import (
+    all_ranks_agree,
+    check_precision,
+    find_resume_point,
+    peak_gpu_memory_gib,
+    save_final,
+)
 
 # The driver is split in three: the maths in fai_rl.rl_math, the models in ppo_models, one run's state and what a step
 # does with it in ppo_run; this module keeps the entry points (prepare, describe, train) and the step loop. Names this
@@ -58,6 +64,7 @@ from fai_rl.rl_math import (  # noqa: F401
     policy_loss,
     value_loss,
 )
+from fai_rl.progress import RunStopped, stop_requested
 from fai_rl.s3 import Uploads
 from fai_rl.schedule import Schedule
 
@@ -158,6 +165,11 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
             log(step, ppo.evaluate(prepared.eval_rows))
         if step % t.save_steps == 0:
             uploads.checkpoint(ppo.save_checkpoint(step))
+        if main:
+            run.progress.tick(step, ppo.max_steps)
+        if step != ppo.max_steps and all_ranks_agree(stop_requested(run.path)):  # fai-rl-runs stop, SIGTERM
+            saved = ppo.save_checkpoint(step) if step % t.save_steps else run.path / f"checkpoint-{step}"
+            raise RunStopped(step, str(saved))
     runtime = time.time() - began
     if has_eval:
         log(ppo.max_steps, ppo.evaluate(prepared.eval_rows))
