@@ -35,8 +35,9 @@ def test_a_nohup_run_is_listed_stopped_with_a_checkpoint_and_resumed(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "runs" / "sft"
+    # LoRA: peft reads transformers' deprecated is_gradient_checkpointing, whose FutureWarning fai_rl.noise silences
     common = [f"training.output_dir={out}", "training.logging_steps=5", "training.eval_steps=null",
-              "tensorboard.enabled=true"]
+              "tensorboard.enabled=true", "model.use_lora=true"]
     env = {"OMP_NUM_THREADS": "1"}
     started = run_cli("--nohup", "--recipe", QUICKSTART, "training.max_steps=5000", *common, env=env)
     assert started.returncode == 0 and "fai-rl-runs stop" in started.stdout, started.stderr
