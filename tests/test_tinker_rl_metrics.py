@@ -55,3 +55,15 @@ def test_batch_metrics_count_tokens_advantages_and_groups_whose_rewards_are_all_
     assert got == {"advantages/mean": 0.0, "advantages/std": pytest.approx(math.sqrt(0.5)), "tokens/prompt": 14.0,
                    "tokens/completion": 5.0, "frac_reward_zero_std": 0.5}
     assert "frac_reward_zero_std" not in batch_metrics(samples, [0.0] * 4, per_prompt=1)  # PPO: no groups
+
+
+def test_drop_zero_variance_leaves_out_whole_groups_whose_rewards_are_all_equal():
+    from fai_rl.backends.tinker.rollouts import drop_zero_variance
+
+    rewards = [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5]  # groups of 2: flat, mixed, flat, flat
+    samples = [_sample(2, [-1.0], r) for r in rewards]
+    advantages = [0.0, 0.0, 0.5, -0.5, 0.0, 0.0, 0.0, 0.0]
+    (kept, per_token, adv), dropped = drop_zero_variance((samples, [[a] for a in advantages], advantages), 2)
+    assert dropped == 3 and kept == samples[2:4] and adv == [0.5, -0.5] and per_token == [[0.5], [-0.5]]
+    (none, _, _), dropped = drop_zero_variance((samples[:2], [[0.0]] * 2, [0.0] * 2), 2)
+    assert none == [] and dropped == 1  # nothing left: the driver makes no update that step

@@ -233,10 +233,13 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                 if reference:
                     metrics["kl"] = statistics.fmean(kls)
                 batch = samples, per_token, advantages
+                if t.drop_zero_variance_groups:
+                    batch, metrics["groups_dropped"] = drop_zero_variance(batch, algorithm.per_prompt)
             metrics["learning_rate"] = schedule.learning_rate(step)
             metrics["epoch"] = schedule.epoch(step)
-            with timed(metrics, "train"):
-                metrics.update(algorithm.update(session, *batch[:2], step))
+            if batch[0]:  # every group dropped: no update this step (the optimizer and its schedule wait)
+                with timed(metrics, "train"):
+                    metrics.update(algorithm.update(session, *batch[:2], step))
             done = step + 1
             if due(done, t.log_rollouts_every):
                 shown, _, shown_advantages = batch
@@ -262,6 +265,16 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
         session.close(ok)
     return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
                          **summary)
+
+
+def drop_zero_variance(batch: tuple[list, list, list], per_prompt: int) -> tuple[tuple[list, list, list], int]:
+    """training.drop_zero_variance_groups (DAPO's dynamic-sampling filter): the batch without the groups of
+    `per_prompt` consecutive samples whose rewards are all equal, and how many groups were dropped."""
+    samples, per_token, advantages = batch
+    keep = [i for g in range(0, len(samples), per_prompt) if len({s.reward for s in samples[g : g + per_prompt]}) > 1
+            for i in range(g, g + per_prompt)]
+    kept = [samples[i] for i in keep], [per_token[i] for i in keep], [advantages[i] for i in keep]
+    return kept, (len(samples) - len(keep)) // per_prompt
 
 
 def transcript_rows(tokenizer, samples: list[Sample], advantages: list[float], per_prompt: int) -> list[dict]:
