@@ -98,16 +98,19 @@ class Progress:
         self._printed = time.time()
         self._stated = 0.0
         self._active = False
+        self._prepared = False  # only the main process's RunDir.start prepares it: other ranks show and write nothing
 
     # ---- what the loops call
     def prepare(self, headline: tuple[str, ...]) -> None:
         """The run dir exists (the model is not loaded yet): state `starting`; a STOP file of an earlier stop goes."""
-        self.headline = headline
+        self.headline, self._prepared = headline, True
         (self.path / STOP_FILE).unlink(missing_ok=True)
         self.write_state("starting")
 
     def begin(self, total: int | None, initial: int = 0) -> None:
         """Training steps begin (model and data loaded): the clock for it/s and ETA starts here."""
+        if not self._prepared:
+            return
         self.total, self.initial, self.step = total, initial, initial
         self.started = self._printed = time.time()
         self._active = True
@@ -115,6 +118,8 @@ class Progress:
 
     def tick(self, step: int, total: int | None = None) -> None:
         """An optimizer step finished: redraw the live line; in a log, a heartbeat line after a long silence."""
+        if not self._prepared:
+            return
         if not self._active:
             self.begin(total, step - 1)
         self.step, self.total = step, total or self.total
@@ -128,6 +133,8 @@ class Progress:
 
     def metrics(self, step: int, row: dict, total: int | None = None) -> None:
         """A metrics row was logged: remember its headline values and print one plain line."""
+        if not self._prepared:
+            return
         if not self._active:
             self.begin(total, step)
         self.step, self.total = max(step, self.step), total or self.total
@@ -139,6 +146,8 @@ class Progress:
 
     def finish(self, state: str) -> None:
         """The run ended: finished, stopped or failed."""
+        if not self._prepared:
+            return
         if self._live and self._drawn:
             sys.__stderr__.write("\r\x1b[K")
             sys.__stderr__.flush()

@@ -170,8 +170,10 @@ class TinkerSession:
         return saved.path
 
     def stop_if_asked(self, step: int, total: int) -> None:
-        """fai-rl-runs stop, SIGTERM or Ctrl-C (fai_rl.progress): save the state at `step` (unless just saved) and end
-        the run with RunStopped; --resume continues from that state. Called after every step."""
+        """Called after every step: moves the live progress line, and on fai-rl-runs stop, SIGTERM or Ctrl-C
+        (fai_rl.progress) saves the state at `step` (unless just saved) and ends the run with RunStopped; --resume
+        continues from that state."""
+        self.run.progress.tick(step, total)
         if step != total and stop_requested(self.run.path):
             saved = self.last_state if (self.last_state or "").endswith(f"step-{step:06d}") else self.save_state(step)
             raise RunStopped(step, saved)
