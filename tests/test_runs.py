@@ -67,6 +67,8 @@ def test_a_nohup_run_is_listed_stopped_with_a_checkpoint_and_resumed(tmp_path):
     assert _row(runs("list", str(tmp_path / "runs")).stdout, out)[1:3] == ["finished", f"{end}/{end}"]
     assert (out / "final").is_dir() and not (out / "STOP").exists()
     assert "[fai-rl-runs: the run is finished]" in runs("follow", str(out), "--lines", "3").stdout
+    missing = runs("list", str(tmp_path / "missing"))
+    assert missing.returncode == 2 and "DIR: " in missing.stderr and "Traceback" not in missing.stderr
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = {r["step"]: r["loss"] for r in rows if "loss" in r}

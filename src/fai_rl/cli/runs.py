@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fai_rl.cli import report_errors
-from fai_rl.errors import RecipeError
+from fai_rl.errors import UsageError
 
 ACTIVE = ("starting", "running")
 
@@ -124,7 +124,7 @@ def latest_log(run: Path) -> Path | None:
 def _run_dir(name: str) -> Path:
     run = Path(name)
     if not run.is_dir():
-        raise RecipeError(f"RUN: '{name}' is not a directory; give a run's output_dir (fai-rl-runs list shows them).")
+        raise UsageError(f"RUN: '{name}' is not a directory; give a run's output_dir (fai-rl-runs list shows them).")
     return run
 
 
@@ -134,7 +134,7 @@ def _list(args) -> int:
 
     root = Path(args.dir)
     if not root.is_dir():
-        raise RecipeError(f"DIR: '{root}' is not a directory; give the folder holding your runs' output_dirs.")
+        raise UsageError(f"DIR: '{root}' is not a directory; give the folder holding your runs' output_dirs.")
     rows = [("run", "state", "step", "eta", "headline")]
     for run in find_runs(root):
         s = run_status(run)
@@ -155,7 +155,7 @@ def _follow(args) -> int:
     run = _run_dir(args.run)
     log = latest_log(run)
     if log is None:
-        raise RecipeError(f"RUN: '{run}' has no logs/train-*.log yet; is it a run's output_dir?")
+        raise UsageError(f"RUN: '{run}' has no logs/train-*.log yet; is it a run's output_dir?")
     text = log.read_text(encoding="utf-8", errors="replace")
     shown = text.splitlines(keepends=True)[-args.lines:] if args.lines else [text]
     sys.stdout.write("".join(shown))
