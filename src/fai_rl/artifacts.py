@@ -10,6 +10,8 @@
       checkpoint-N/          resumable checkpoints (local backend)
       rollouts/              RL: step-N.jsonl + step-N.html, sampled completions with rewards (fai_rl.transcripts)
       logs/                  train-<time>.log of every run (what the console showed); --nohup pid files
+      run_state.json         state, pid, step/total, ETA, latest headline metrics (fai_rl.progress; fai-rl-runs)
+      tensorboard/           with tensorboard.enabled: every metrics.jsonl row as scalars (fai_rl.tensorboard_log)
 """
 
 from __future__ import annotations
