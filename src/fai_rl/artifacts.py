@@ -73,6 +73,7 @@ class RunDir:
             for name in ("metrics.jsonl", "summary.json", "curves.png", "README.md"):
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "final", ignore_errors=True)
+            shutil.rmtree(self.path / "tensorboard", ignore_errors=True)  # else the old run's curves would mix in
             for ckpt in checkpoints(self.path):
                 shutil.rmtree(ckpt, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
