@@ -166,6 +166,7 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
             window = []
         if prepared.eval and t.eval_steps and step % t.eval_steps == 0 and step != total:
             log(step, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+        run.progress.tick(step, total)  # the live line; fai-rl-runs stop is not honoured (no resumable checkpoints)
     runtime = time.time() - began
     if prepared.eval:
         log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
