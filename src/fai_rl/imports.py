@@ -65,6 +65,8 @@ def _import_file(target: str) -> types.ModuleType:
     # the prefix predates workflow classes; kept so a file's module name (pickles, dataclasses) stays the same
     name = f"fai_rl_user_rewards.{stem}_{hashlib.sha1(str(full).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(name, full)
+    if spec is None:  # a suffix no loader knows (.jsonl, .txt): not a module
+        raise Unresolved(f"'{target}' is not a Python module (a .py file); point it at path/to/file.py:function.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
     try:
@@ -95,6 +97,10 @@ def _cwd_on_path() -> Iterator[None]:
 def _import_failure(what: str, e: BaseException) -> str:
     import traceback
 
+    if isinstance(e, SyntaxError) and not e.filename:  # compile() refused the bytes themselves (NUL, bad encoding)
+        return f"{what} is not a Python source file ({e.msg}); point it at a .py file of Python text."
+    if isinstance(e, SyntaxError):  # the file's own line, not importlib's frame that compiled it
+        return f"importing {what} raised SyntaxError at {e.filename}:{e.lineno}: {e.msg}; fix that line."
     frames = traceback.extract_tb(e.__traceback__)
     at = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
     return f"importing {what} raised {type(e).__name__}: {e}{at}; fix that file so it imports."

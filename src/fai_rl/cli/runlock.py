@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fai_rl.errors import FaiRLError
+from fai_rl.errors import FaiRLError, RecipeError
 
 LOCK_NAME = "run.lock"
 LOCK_ENV = "FAI_RL_RUN_LOCK"  # the token of the run this process belongs to
@@ -26,6 +26,24 @@ LOCK_ENV = "FAI_RL_RUN_LOCK"  # the token of the run this process belongs to
 
 class RunDirBusy(FaiRLError):
     """Another live run holds the output_dir."""
+
+
+def check_output_path(output_dir: str) -> None:
+    """RecipeError when training.output_dir can never be a directory (a NUL byte, a name too long, a file on the way);
+    creates nothing (a --dry-run says so too)."""
+    where = f"training.output_dir: '{output_dir[:200]}'"
+    if "\0" in output_dir:
+        raise RecipeError(f"{where} holds a NUL byte; give a directory path.")
+    try:
+        path = Path(output_dir).expanduser()
+        for above in [path, *path.parents]:
+            if above.exists():
+                if not above.is_dir():
+                    raise RecipeError(f"{where}: {above} is a file, so the run's directory cannot be made there; "
+                                      "choose another output_dir.")
+                break
+    except (OSError, RuntimeError) as e:  # ENAMETOOLONG, ~user that does not exist
+        raise RecipeError(f"{where} is not a usable path ({e}); choose another output_dir.") from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -89,8 +89,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 def _lock_output_dir(recipe, args: argparse.Namespace):
     """One live run per output_dir (fai_rl.cli.runlock): the launching process holds the lock, a --nohup parent only
     looks, a dry run neither; ranks other than 0 and nodes other than the main one belong to a run that holds it."""
-    from fai_rl.cli.runlock import RunLock
+    from fai_rl.cli.runlock import RunLock, check_output_path
 
+    check_output_path(recipe.training.output_dir)
     if args.dry_run or args.node_rank or int(os.environ.get("RANK", "0")) != 0:
         return None
     lock = RunLock(recipe.training.output_dir)

@@ -26,6 +26,7 @@ from fai_rl.config.eval_rules import check_eval_rules
 from fai_rl.config.fai_rl import resolve_fai_rl_meaning
 from fai_rl.config.load_check import _ALL_FIELDS, _BAD, _EVAL_FIELDS, _SECRET_KEY, _check_section, _Ctx
 from fai_rl.config.load_tree import _read_yaml, apply_overrides, parse_key_path
+from fai_rl.config.ranges import check_value_ranges
 from fai_rl.config.rules import check_rules
 from fai_rl.config.schema import ALGORITHMS, BACKENDS, EVAL_METRICS, EvalRecipe, Recipe
 from fai_rl.config.support import check_key_support, table_key
@@ -59,7 +60,9 @@ def load_recipe(
     if recipe.training.metric_for_best_model and recipe.training.greater_is_better is None:
         recipe.training.greater_is_better = not recipe.training.metric_for_best_model.endswith("loss")
     # specific rules first: where one covers a key (e.g. rewards in a DPO recipe) its message is the better one
-    rules = [*check_rules(recipe, processes), *(p for rule in extra_rules for p in rule(recipe)), *unread]
+    # value ranges before "not read by this algorithm": an impossible value is refused as such whatever reads it
+    rules = [*check_rules(recipe, processes), *(p for rule in extra_rules for p in rule(recipe)),
+             *check_value_ranges(recipe), *unread]
     recipe = _finish(recipe, ctx, rules)
     _fill_derived(recipe)
     recipe.__dict__["_notes"] = list(ctx.notes)  # not a schema field: never validated, dumped or documented

@@ -26,10 +26,12 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int], list[str]]:
     """Parse a recipe file; return (tree, dotted-key -> line, problems found while reading)."""
     if not path.is_file():
         raise RecipeError(f"--recipe: no such file: {path}; pass the path of a recipe YAML (see recipes/).")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         tree = yaml.safe_load(text)
+    except RecursionError:  # nesting thousands deep: PyYAML's composer recurses per level
+        raise RecipeError(f"{path}: nested too deeply to be a recipe; fix the file.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -43,6 +45,26 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int], list[str]]:
     problems: list[str] = []
     _walk_node(root, "", lines, problems, path)
     return tree, lines, problems
+
+
+def _read_text(path: Path) -> str:
+    """The recipe's text: UTF-8 (a BOM allowed); a binary or otherwise encoded file is named with the line of its first
+    bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RecipeError(f"--recipe: cannot read {path} ({e.strerror or e}).") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        what = ("UTF-16 text, not UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "a binary file"
+                if b"\0" in data[:8192] else f"not UTF-8 (byte 0x{data[e.start]:02x})")
+        raise RecipeError(f"{path}:{line}: {what}; a recipe is a UTF-8 YAML text file (re-save it as UTF-8).") from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise RecipeError(f"{path}:{line}: a binary file (NUL bytes); a recipe is a UTF-8 YAML text file.")
+    return text
 
 
 def _walk_node(node: Any, prefix: str, lines: dict[str, int], problems: list[str], path: Path) -> None:

@@ -7,6 +7,8 @@ reason; parquet, dataset dirs and hub datasets go through `datasets`, and their 
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,11 @@ class Source:
 
 def load_source(spec: DatasetSpec, key: str) -> Source:
     """Load the rows of one dataset entry; raises DataError naming the key, file:line or the loader's reason."""
-    path = Path(spec.name).expanduser()
+    try:
+        path = Path(spec.name).expanduser()
+        path.is_file()  # ENAMETOOLONG and kin raise here, not in is_file's False
+    except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: ~user that does not exist
+        raise DataError(f"{key}.name: '{spec.name[:200]}' is not a usable path ({e}); check the value.") from None
     if is_builtin_task(spec.name):
         try:
             rows, origins, label = load_builtin_task(spec.name, spec.split), None, f"{spec.name}[{spec.split}]"
@@ -69,17 +75,31 @@ def _read_file(path: Path, key: str) -> tuple[list[dict], list[str] | None]:
     if suffix in (".jsonl", ".json"):
         return _read_json(path, key)
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a leading BOM is not part of a column name
-            reader = csv.DictReader(fh)
-            rows, origins = [], []
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        rows, origins = [], []
+        try:
             for row in reader:
+                if None in row:  # more fields than the header names (fewer: the row check names the empty column)
+                    raise DataError(f"{path}:{reader.line_num}: more fields than the header's "
+                                    f"{len(reader.fieldnames or [])} columns; fix the line (quote commas in text).")
                 rows.append(dict(row))
                 origins.append(f"{path}:{reader.line_num}")
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e}); fix the file.") from None
         return rows, origins
     if suffix == ".parquet":
         import datasets
 
-        return _to_rows(datasets.Dataset.from_parquet(str(path))), None
+        quiet = logging.getLogger("datasets")  # it logs its own error line before raising: ours says it
+        level, quiet.level = quiet.level, logging.CRITICAL
+        try:
+            return _to_rows(datasets.Dataset.from_parquet(str(path))), None
+        except Exception as e:  # pyarrow raises ArrowInvalid / OSError and more for a corrupt or truncated file
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DataError(f"{path}: not a readable parquet file ({reason}); write it again (e.g. "
+                            "datasets.Dataset.to_parquet) or use .jsonl.") from None
+        finally:
+            quiet.setLevel(level)
     raise DataError(f"{key}.name: '{path}' is a {suffix or 'suffix-less'} file; use .jsonl, .json, .csv or .parquet.")
 
 
@@ -98,8 +118,24 @@ def _read_s3(spec: DatasetSpec, key: str) -> tuple[list[dict], list[str] | None]
     return rows, [o.replace(str(local), spec.name, 1) for o in origins] if origins is not None else None
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text: UTF-8 (a leading BOM dropped); a binary or otherwise encoded file is named by file:line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        what = ("UTF-16 text, not UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "a binary file"
+                if b"\0" in data[:8192] else f"not UTF-8 (byte 0x{data[e.start]:02x})")
+        raise DataError(f"{path}:{line}: {what}; data files are UTF-8 text (re-save it as UTF-8).") from None
+    if "\0" in text:
+        raise DataError(f"{path}:{text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL byte; data files are UTF-8 "
+                        "text, not binary.")
+    return text
+
+
 def _read_json(path: Path, key: str) -> tuple[list[dict], list[str]]:
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one JSON array of objects
         try:
             data = json.loads(text)
