@@ -86,6 +86,7 @@ def test_checkpoints_and_final_go_up_and_final_loads_back(write_recipe, tmp_path
         files = local_sizes(out / name)
         assert "trainer_state.json" in files or name == "final"
         assert {f"runs/tiny/{name}/{rel}": size for rel, size in files.items()}.items() <= on_store.items(), name
+        assert f"runs/tiny/{name}/{s3.SENTINEL}" in on_store, name  # the marker of a complete upload, written last
     assert json.loads((out / "summary.json").read_text())["s3_failed_uploads"] == []
     assert not (out / ".s3-uploading").exists()  # the hard-link snapshots are gone
     # final/ downloaded back from the store is a model dir transformers loads
@@ -155,6 +156,23 @@ def test_ppo_checkpoints_go_up_and_resume_comes_back_from_the_store(write_recipe
     assert main(["--recipe", str(path), "--resume", "training.max_steps=3"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_step"] == 2 and summary["global_step"] == 3 and summary["s3_failed_uploads"] == []
+
+
+def test_an_upload_cut_short_is_refused_by_its_manifest(tmp_path, bucket, endpoint):
+    src = tmp_path / "final"
+    src.mkdir()
+    for name, size in (("config.json", 10), ("model.safetensors", 4000), ("tokenizer.json", 300)):
+        (src / name).write_bytes(b"x" * size)
+    assert s3.upload_dir(src, bucket, "runs/a/final", endpoint_url=endpoint) == 3
+    client = s3.client(None, endpoint)
+    client.delete_object(Bucket=bucket, Key="runs/a/final/model.safetensors")  # as if killed mid-upload
+    with pytest.raises(s3.BackendError, match=r"runs/a/final/ is incomplete: 1 of its 3 .*model.safetensors"):
+        s3.download_dir(f"s3://{bucket}/runs/a/final", None, endpoint, dest=tmp_path / "back")
+    assert not (tmp_path / "back").exists()
+    client.delete_object(Bucket=bucket, Key=f"runs/a/final/{s3.SENTINEL}")  # no marker: another tool's upload
+    assert sorted(p.name for p in s3.download_dir(f"s3://{bucket}/runs/a/final", None, endpoint,
+                                                  dest=tmp_path / "back").iterdir()) == [
+        s3.SENTINEL, "config.json", "tokenizer.json"]
 
 
 def test_dataset_and_model_read_from_s3(write_recipe, tmp_path, bucket, endpoint, capsys):

@@ -130,7 +130,8 @@ def download_dir(uri: str, region: str | None = None, endpoint_url: str | None =
     except Exception as e:  # noqa: BLE001
         raise BackendError(f"{key}: cannot list {u}/ ({_reason(e)}); check the bucket, the region / endpoint and "
                            "the AWS credentials in the environment.") from None
-    objects.pop(SENTINEL, None)
+    if objects.pop(SENTINEL, None) is not None:  # fai-rl's upload marker: the manifest of a complete upload
+        _check_manifest(s3, u, objects, key)
     if not objects:
         raise RecipeError(f"{key}: there is nothing under {u}/; give the prefix of a model dir (config.json, weights, "
                           "tokenizer), e.g. the final/ of a run uploaded with s3.enabled.")
@@ -168,3 +169,18 @@ def download_dir(uri: str, region: str | None = None, endpoint_url: str | None =
             raise
         shutil.rmtree(staging, ignore_errors=True)  # another node on a shared filesystem finished first
     return dest
+
+
+def _check_manifest(s3, u: S3Uri, objects: dict[str, int], key: str) -> None:
+    """BackendError when the store holds less than the upload's manifest lists (an upload cut short, or one being
+    replaced); a prefix without a marker (uploaded by other tools) is taken as it is."""
+    import json
+
+    try:
+        manifest = json.loads(s3.get_object(Bucket=u.bucket, Key=_join(u.key, SENTINEL))["Body"].read())
+    except Exception:  # noqa: BLE001 - an unreadable marker: the listing is all there is to go on
+        return
+    short = sorted(rel for rel, size in manifest.items() if objects.get(rel) != size)
+    if short:
+        raise BackendError(f"{key}: {u}/ is incomplete: {len(short)} of its {len(manifest)} uploaded files are "
+                           f"missing or of another size (e.g. {short[0]}); upload it again or use another copy.")

@@ -4,6 +4,7 @@ backoff and the upload verified against the store before a local copy may be del
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import shlex
@@ -61,6 +62,10 @@ def upload_dir(local_dir: Path, bucket: str, key_prefix: str, region: str | None
     def name(p: Path) -> str:
         return _join(key_prefix, p.relative_to(local_dir).as_posix())
 
+    marker = _join(key_prefix, SENTINEL)  # written last: the store's copy is complete when it is there
+    with contextlib.suppress(Exception):  # an earlier upload's marker, while this one goes up (a store that cannot
+        s3.delete_object(Bucket=bucket, Key=marker)  # be reached fails below, with the files' own reason)
+
     if resolve_uploader(uploader) == "s5cmd":
         last = [p for p in files if p.name == UPLOAD_LAST]
         for batch in ([p for p in files if p not in last], last):
@@ -75,6 +80,8 @@ def upload_dir(local_dir: Path, bucket: str, key_prefix: str, region: str | None
     if short:
         raise UploadFailed(1, f"verification: {len(short)} file(s) missing or of another size on the store, "
                               f"e.g. {short[0]}")
+    manifest = {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in files}
+    attempt(lambda: s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps(manifest).encode()))
     return len(files)
 
 
