@@ -39,6 +39,7 @@ class RunStopped(Exception):
 
 
 _STOP_SIGNALLED = False
+_PROCESS_STARTED = time.time()  # a STOP file older than this process is an earlier run's, answered already
 
 
 def _on_signal(signum, frame) -> None:
@@ -102,9 +103,12 @@ class Progress:
 
     # ---- what the loops call
     def prepare(self, headline: tuple[str, ...]) -> None:
-        """The run dir exists (the model is not loaded yet): state `starting`; a STOP file of an earlier stop goes."""
+        """The run dir exists (the model is not loaded yet): state `starting`; a STOP file of an earlier stop goes (one
+        written since this process started, by `fai-rl-runs stop` while the run was starting, stays: it is for us)."""
         self.headline, self._prepared = headline, True
-        (self.path / STOP_FILE).unlink(missing_ok=True)
+        stop = self.path / STOP_FILE
+        if stop.exists() and stop.stat().st_mtime < _PROCESS_STARTED:
+            stop.unlink(missing_ok=True)
         self.write_state("starting")
 
     def begin(self, total: int | None, initial: int = 0) -> None:
