@@ -144,7 +144,8 @@ def test_dpo_margin_and_accuracy_rise(tmp_path, tinker_env):
 def test_gspo_and_ppo_run_and_log_what_they_optimise(tmp_path, tinker_env, algorithm, capsys):
     out = tmp_path / algorithm
     extra = ("training.num_generations=4", "training.per_device_train_batch_size=16",
-             "training.drop_zero_variance_groups=true") if algorithm == "gspo" else (
+             "training.drop_zero_variance_groups=true", "tinker.max_steps_off_policy=1",
+             "training.log_rollouts_every=3") if algorithm == "gspo" else (
         "training.per_device_train_batch_size=16", "training.num_ppo_epochs=2")
     assert run(algorithm, out, tinker_env, "training.max_steps=3", "training.eval_steps=null",
                "training.logging_steps=1", "tinker.download_final=false", "data.eval_datasets=[]", *extra) == 0
@@ -154,6 +155,10 @@ def test_gspo_and_ppo_run_and_log_what_they_optimise(tmp_path, tinker_env, algor
     assert all(abs(r["kl_sample_train"]) < 0.1 and r[loss] == r[loss] and r["entropy"] > 0 for r in rows), rows
     if algorithm == "gspo":  # DAPO's filter: the groups whose 4 rewards are all equal left out of the update
         assert all(r["groups_dropped"] == round(4 * r["frac_reward_zero_std"]) for r in rows), rows
+        # off-policy: batches 2 and 3 were sampled while the step before trained, on weights one step old
+        assert [r["off_policy_steps"] for r in rows] == [0.0, 1.0, 1.0]
+        staleness = {row["staleness"] for row in map(json.loads, (out / "rollouts" / "step-3.jsonl").open())}
+        assert staleness in ({1}, set())  # per sample; set(): every group of step 3 was dropped
     if algorithm == "ppo":
         assert "no learned critic on Tinker (no value head)" in capsys.readouterr().out
         assert "no value head" in json.loads((out / "summary.json").read_text())["critic"]

@@ -76,6 +76,12 @@ class TinkerConfig:
     checkpoint_ttl_s: Optional[int] = _f(
         None, help="Seconds the service keeps this run's checkpoints (null: the service's default)."
     )
+    max_steps_off_policy: int = _f(
+        0, help="RL: 0 samples each batch on the weights it trains (on-policy); 1 samples batch N+1 on the weights "
+        "before step N's update while step N trains (tinker-cookbook's async mode), one step stale, corrected by the "
+        "importance ratio to the sampler's log-probs that the loss uses; logged as off_policy_steps.",
+        choices=(0, 1),
+    )
     resume_from: Optional[str] = _f(
         None, help="A tinker://.../weights/... state to start from, with its optimizer (--resume uses checkpoints.json)."
     )

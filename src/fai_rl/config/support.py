@@ -262,6 +262,10 @@ KEYS: dict[str, Support] = {
     "rewards": Support(algorithms=("sft", *SAMPLING), maps_to="reward functions (SFT: eval metrics of greedy replies)"),
     "tinker.rl_loss": Support(algorithms=algorithm_names(samples_groups=True, sequence_ratios=False),
                               backends=("tinker",), maps_to="the service loss for GRPO / RLOO"),
+    "tinker.max_steps_off_policy": Support(algorithms=(*RL, "ppo"), backends=("tinker",),
+                                           maps_to="sampling overlapped with training (the Tinker RL driver)",
+                                           inert_when=lambda r: "not read by workflows" if r.workflow.type != "single"
+                                           else None),
     "tinker.ppo_baseline": Support(algorithms=("ppo",), backends=("tinker",), maps_to="PPO advantage baseline"),
     # ---- S3 (FAI-RL's s3: section)
     "s3.enabled": _fai(maps_to="upload checkpoints / final/ (boto3 or s5cmd)"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,6 +86,8 @@ class Sample:
     text: str
     stopped: bool  # ended with an end-of-turn token (else cut at max_completion_length)
     reward: float = 0.0
+    sampled_at: int = 0  # optimizer steps the sampler's weights had (tinker.max_steps_off_policy)
+    staleness: int = 0  # optimizer steps between the sampler's weights and those it first trained (0: on-policy)
 
     def tokens(self) -> list[int]:
         return self.prompt + self.completion
@@ -205,6 +208,37 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                               "creating the reference sampler (base weights)") if algorithm.reference else None)
     began, generated, tokens, ok = time.time(), 0, 0, False
     batch_key, batch = None, None
+
+    def make_batch(step: int, sampler, version: int) -> tuple[dict, tuple[list, list, list], list[Sample]]:
+        """Sample, score and weigh the round that starts at `step` on `sampler` (weights after `version` steps)."""
+        metrics: dict = {}
+        rows = [prepared.train[i] for i in schedule.rows(step)]
+        with timed(metrics, "sample"):
+            samples = sample(session, sampler, rows, algorithm.per_prompt, prepared, recipe,
+                             f"sampling at step {step + 1}")
+        for s in samples:
+            s.sampled_at = version
+        with timed(metrics, "score"):
+            metrics.update(score(samples, prepared, recipe, algorithm.per_prompt))
+            advantages, extra = algorithm.advantages(samples)
+            ref = reference_logprobs(session, reference, samples) if reference else [None] * len(samples)
+        metrics.update(extra)
+        metrics.update(batch_metrics(samples, advantages, algorithm.per_prompt))
+        per_token, kls = [], []
+        for s, a, ref_t in zip(samples, advantages, ref, strict=True):
+            adv_t, kl = kl_adjusted(a, s, ref_t, algorithm.kl_coef)
+            per_token.append(adv_t)
+            kls.append(kl)
+        if reference:
+            metrics["kl"] = statistics.fmean(kls)
+        made = samples, per_token, advantages
+        if t.drop_zero_variance_groups:
+            made, metrics["groups_dropped"] = drop_zero_variance(made, algorithm.per_prompt)
+        return metrics, made, samples
+
+    # tinker.max_steps_off_policy: 1 samples the next round in a thread while this step's update runs on the service
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fai-rl-sampler") if recipe.tinker.max_steps_off_policy else None
+    prefetched, version = None, start  # version: optimizer steps in `sampler`'s weights
     try:
         sampler = session.sampling_client(f"sampler-{start:06d}")
         if start == 0 and prepared.eval:
@@ -213,42 +247,34 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             step_began, metrics = time.time(), {}
             if schedule.round_of(step) != batch_key:
                 batch_key = schedule.round_of(step)
-                rows = [prepared.train[i] for i in schedule.rows(step)]
-                with timed(metrics, "sample"):
-                    samples = sample(session, sampler, rows, algorithm.per_prompt, prepared, recipe,
-                                     f"sampling at step {step + 1}")
-                with timed(metrics, "score"):
-                    metrics.update(score(samples, prepared, recipe, algorithm.per_prompt))
-                    advantages, extra = algorithm.advantages(samples)
-                    ref = reference_logprobs(session, reference, samples) if reference else [None] * len(samples)
+                made, batch, samples = (prefetched.result() if prefetched is not None
+                                        else make_batch(step, sampler, version))
+                prefetched = None
+                metrics.update(made)
+                for s in samples:
+                    s.staleness = step - s.sampled_at
+                metrics["off_policy_steps"] = statistics.fmean(s.staleness for s in samples)
                 generated += sum(len(s.completion) for s in samples)
                 tokens += sum(len(s.tokens()) for s in samples)
-                metrics.update(extra, num_tokens=tokens)
-                metrics.update(batch_metrics(samples, advantages, algorithm.per_prompt))
-                per_token, kls = [], []
-                for s, a, ref_t in zip(samples, advantages, ref, strict=True):
-                    adv_t, kl = kl_adjusted(a, s, ref_t, algorithm.kl_coef)
-                    per_token.append(adv_t)
-                    kls.append(kl)
-                if reference:
-                    metrics["kl"] = statistics.fmean(kls)
-                batch = samples, per_token, advantages
-                if t.drop_zero_variance_groups:
-                    batch, metrics["groups_dropped"] = drop_zero_variance(batch, algorithm.per_prompt)
+                metrics["num_tokens"] = tokens
+            done = step + 1
+            new_round = done < total and schedule.round_of(done) != batch_key
+            if pool is not None and new_round:  # on the weights before this update: one step stale when trained
+                prefetched = pool.submit(make_batch, done, sampler, version)
             metrics["learning_rate"] = schedule.learning_rate(step)
             metrics["epoch"] = schedule.epoch(step)
             if batch[0]:  # every group dropped: no update this step (the optimizer and its schedule wait)
                 with timed(metrics, "train"):
                     metrics.update(algorithm.update(session, *batch[:2], step))
-            done = step + 1
             if due(done, t.log_rollouts_every):
                 shown, _, shown_advantages = batch
                 write_transcript(run.path, done, transcript_rows(prepared.tokenizer, shown,
                                                                              shown_advantages, algorithm.per_prompt))
             eval_due = bool(prepared.eval) and (done == total or bool(t.eval_steps and done % t.eval_steps == 0))
-            if eval_due or (done < total and schedule.round_of(done) != batch_key):
+            if eval_due or new_round:
                 with timed(metrics, "wait"):
                     sampler = session.sampling_client(f"sampler-{done:06d}")
+                    version = done
             metrics["step_time_s"] = time.time() - step_began
             log(done, algorithm.metric_names(metrics))
             if eval_due and done != total:
@@ -262,6 +288,8 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
         final = session.finish(total, prepared.tokenizer)
         ok = True
     finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         session.close(ok)
     return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
                          **summary)
@@ -285,5 +313,5 @@ def transcript_rows(tokenizer, samples: list[Sample], advantages: list[float], p
     return [{"group": i // per_prompt,
              "prompt": prompts.setdefault(i // per_prompt, tokenizer.decode(s.prompt)),
              "completion": s.text, "reward": s.reward, "advantage": a, "completion_tokens": len(s.completion),
-             "stopped": s.stopped}
+             "stopped": s.stopped, "staleness": s.staleness}
             for i, (s, a) in enumerate(zip(shown, advantages, strict=False))]
