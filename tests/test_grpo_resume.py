@@ -15,7 +15,7 @@ import pytest
 from fai_rl.cli.train import main
 
 # wall times, and HF's run-level train_loss (the mean over the steps this process ran)
-TIMINGS = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "time", "train_loss")
+TIMINGS = ("step_time", "runtime", "per_second", "time", "train_loss")
 
 
 @pytest.fixture
@@ -38,21 +38,24 @@ def rows_after(out: Path, step: int) -> dict[int, dict]:
     return rows
 
 
-def test_grpo_resumed_mid_generation_window_follows_the_uninterrupted_run(write_recipe, tmp_path, one_thread, capsys):
+def test_grpo_resumed_mid_generation_window_and_after_an_eval_follows_the_uninterrupted_run(write_recipe, tmp_path, one_thread, capsys):
     out = tmp_path / "run"
     recipe = {
         "model": {"base_model_name": "fai-rl/tiny-sft"},
-        "data": {"datasets": [{"name": "fai-rl/digits", "split": "train", "max_samples": 64}]},
+        "data": {"datasets": [{"name": "fai-rl/digits", "split": "train", "max_samples": 64}],
+                 "eval_datasets": [{"name": "fai-rl/digits", "split": "test", "max_samples": 8}]},
         "training": {"algorithm": "grpo", "output_dir": str(out), "learning_rate": 1e-3,
                      "lr_scheduler_type": "constant", "max_steps": 5, "per_device_train_batch_size": 8,
                      "num_generations": 4, "max_completion_length": 4, "steps_per_generation": 2, "logging_steps": 1,
-                     "save_steps": 3, "bf16": False, "seed": 7},
+                     "save_steps": 3, "eval_steps": 3, "per_device_eval_batch_size": 16, "num_generations_eval": 2,
+                     "bf16": False, "seed": 7},
         "rewards": [{"function": "exact_match"}],
     }
     path = write_recipe(recipe)
     assert main(["--recipe", str(path)]) == 0  # generates at steps 1, 3, 5; checkpoint-3 is mid-window
     straight = rows_after(out, 3)
     assert sorted(straight) == [4, 5] and "reward" in straight[5] and "reward" not in straight[4]
+    assert "eval_reward" in straight[5]  # evaluated at 3 (before checkpoint-3 was saved: its RNG follows the eval) and 5
     assert (out / "checkpoint-3" / "grpo_buffer-rank0.pt").exists()
 
     assert main(["--recipe", str(path), "--resume", str(out / "checkpoint-3")]) == 0
