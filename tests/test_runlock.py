@@ -60,3 +60,17 @@ def test_processes_of_one_run_join_its_lock_and_a_refused_lock_leaves_no_dir(tmp
     finally:
         lock.release()
     assert not (tmp_path / "a").exists()  # acquire made a/run for the lock; release removed them, empty
+
+
+def test_a_lock_kept_by_an_orphan_of_a_dead_holder_does_not_block(tmp_path):
+    out = tmp_path / "run"
+    holder = ("import os, time\nfrom fai_rl.cli.runlock import RunLock\nRunLock({!r}).acquire()\n"
+              "if os.fork() == 0:\n    time.sleep(5)\n    os._exit(0)\nos._exit(0)\n").format(str(out))
+    subprocess.run([sys.executable, "-c", holder], check=True, cwd=ROOT,  # its forked child outlives it, flock held
+                   env={k: v for k, v in os.environ.items() if k != LOCK_ENV})
+    dead = json.loads((out / "run.lock").read_text())["pid"]
+    lock = RunLock(out).acquire()  # the recorded holder is dead on this host: the file is replaced
+    try:
+        assert json.loads((out / "run.lock").read_text())["pid"] == os.getpid() != dead
+    finally:
+        lock.release()
