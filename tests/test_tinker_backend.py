@@ -77,6 +77,17 @@ def test_sft_loss_falls_checkpoints_are_listed_and_the_adapter_loads_and_merges(
         merged = model.merge_and_unload()(input_ids=ids).logits
     assert torch.allclose(adapted, merged, atol=1e-4)
     print(f"\ntinker SFT: eval_loss {evals[0]:.3f} -> {evals[-1]:.3f}, wall {wall:.0f} s")
+    # SFT -> RL: GRPO starts from the SFT weights with a fresh optimizer, and its KL reference is that start
+    capsys.readouterr()
+    rl = tmp_path / "rl"
+    assert run("grpo", rl, tinker_env, f"model.init_from={out}", "training.beta=0.1", "training.max_steps=2",
+               "training.eval_steps=null", "training.logging_steps=1", "training.per_device_train_batch_size=16",
+               "training.num_generations=4", "tinker.download_final=false", "data.eval_datasets=[]") == 0
+    assert f"tinker: initialised from {listed[1]['path']} (weights only, fresh optimizer)" in capsys.readouterr().out
+    first = metrics(rl)[0]
+    assert abs(first["kl"]) < 1e-3, first  # sampled from the start, scored against it (the base model: far off)
+    kinds = [c["kind"] for c in json.loads((rl / "checkpoints.json").read_text())["checkpoints"]]
+    assert kinds[0] == "reference" and "state" in kinds
 
 
 def test_resume_continues_from_the_last_recorded_state_with_its_optimizer(tmp_path, tinker_env, capsys):

@@ -16,6 +16,11 @@ class ModelConfig:
         help="Model to start from: a hub id (e.g. Qwen/Qwen3-0.6B), a local HF model dir, or the built-in "
         "`fai-rl/tiny` (no download). On the Tinker backend: the Tinker base model name."
     )
+    init_from: Optional[str] = _f(
+        None, help="Tinker: start from these weights with a fresh optimizer (SFT -> RL): a Tinker run's output_dir "
+        "(its last saved state) or a tinker://.../weights/... state; the KL reference (training.beta > 0) is this "
+        "start, not the base model. (tinker.resume_from also loads the optimizer state.)",
+    )
     torch_dtype: str = _f(
         "auto",
         help="Weights dtype: auto (bfloat16 on a GPU that supports it, float32 on CPU), float32, bfloat16, float16.",

@@ -84,6 +84,18 @@ def find_tinker_resume(recipe: Recipe, resume: str | None) -> TinkerResume | Non
     return TinkerResume(states[-1]["path"], int(states[-1]["step"]))
 
 
+def init_state(init_from: str) -> str:
+    """model.init_from as a tinker:// state: as given, or the last state in a Tinker run dir's checkpoints.json."""
+    if init_from.startswith("tinker://"):
+        return init_from
+    file = Path(init_from) / CHECKPOINTS_FILE
+    states = [c for c in json.loads(file.read_text())["checkpoints"] if c["kind"] == "state"] if file.exists() else []
+    if not states:
+        raise RecipeError(f"model.init_from: '{init_from}' is neither a tinker:// state nor a Tinker run's output_dir "
+                          f"with a saved state in {CHECKPOINTS_FILE}; give one of those.")
+    return states[-1]["path"]
+
+
 def read_checkpoints(recipe: Recipe) -> list[dict]:
     path = Path(recipe.training.output_dir) / CHECKPOINTS_FILE
     return json.loads(path.read_text())["checkpoints"] if path.exists() else []
@@ -144,7 +156,21 @@ class TinkerSession:
         if resume is not None:
             self.wait(client.load_state_with_optimizer(resume.path), f"loading state {resume.path}")
             print(f"tinker: resumed from {resume.path} (step {resume.step}), optimizer state included", flush=True)
+        elif self.recipe.model.init_from:
+            path = init_state(self.recipe.model.init_from)
+            self.wait(client.load_state(path), f"loading model.init_from {path}")
+            print(f"tinker: initialised from {path} (weights only, fresh optimizer)", flush=True)
         return client
+
+    def init_reference(self, start: int):
+        """The KL reference of a run with model.init_from: a sampler on the starting weights, saved once (before
+        any update) and recorded in checkpoints.json, so a resumed run compares against the same start."""
+        saved = [c["path"] for c in read_checkpoints(self.recipe) if c["kind"] == "reference"] if start else []
+        path = saved[-1] if saved else self.retry(lambda: self.training.save_weights_for_sampler("reference"),
+                                                  "saving the reference").path
+        if not saved:
+            self._record("reference", 0, path)
+        return self.wait(self.service.create_sampling_client(model_path=path), "creating the reference sampler")
 
     def adam(self, step: int):
         """Adam for optimizer step `step` (from 0), at the local backend's learning rate for that step."""

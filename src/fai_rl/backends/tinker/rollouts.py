@@ -204,8 +204,11 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
     session = TinkerSession(recipe, run, prepared.resume, schedule)
     log = StepLog(run, total, algorithm.headline)
     save_every = recipe.tinker.save_every
-    reference = (session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
-                              "creating the reference sampler (base weights)") if algorithm.reference else None)
+    reference = None
+    if algorithm.reference:  # model.init_from: the starting weights, else the base model
+        reference = (session.init_reference(start) if recipe.model.init_from else
+                     session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
+                                  "creating the reference sampler (base weights)"))
     began, generated, tokens, ok = time.time(), 0, 0, False
     batch_key, batch = None, None
 
