@@ -212,3 +212,39 @@ def test_fairl_eval_recipe_through_the_api_scores_each_reply(server, tmp_path, c
     assert [r["ground_truth"] for r in detailed] == ["B", "B"]
     summary = json.loads((tmp_path / "out" / "mmlu-eval-summary.json").read_text())
     assert summary["metrics"] == metrics and summary["task"] == "mmlu"
+
+
+def test_an_rl_recipe_grades_completions_with_the_served_model_as_judge(server, client, write_recipe):
+    """`rewards: [{function: llm_judge, kwargs: {base_url, model}}]` through the recipe loader: each completion's
+    reward is the first number of the judge's greedy reply (the same reply the client gets), scaled to [0, 1]."""
+    from test_rewards import problems, reward_recipe
+
+    from fai_rl.config import load_recipe
+    from fai_rl.rewards import build_rewards, check_rewards, score_rewards
+    from fai_rl.rewards.judge import score_reply
+
+    template = "Q: {prompt}\nA: {completion}\nReference: {answer}\nScore 0-10:"
+    spec = {"function": "llm_judge", "kwargs": {"base_url": server, "model": MODEL, "template": template,
+                                                "max_score": 10.0, "max_tokens": 6}}
+    recipe = load_recipe(reward_recipe(write_recipe, spec), extra_rules=[check_rewards])
+    (judge,) = build_rewards(recipe)
+    prompts = ["What is 2 + 3?", "What is 7 - 2?", "Name a fruit."]
+    completions = ["5", "4", "apple"]
+    rows = [{"answer": "5"}, {"answer": "5"}, {"answer": "apple"}]
+    _, scores = score_rewards([judge], prompts, completions, rows)
+    replies = [client.chat.completions.create(
+        model=MODEL, max_tokens=6, temperature=0,
+        messages=[{"role": "user", "content": template.format(prompt=p, completion=c, answer=r["answer"])}],
+    ).choices[0].message.content for p, c, r in zip(prompts, completions, rows, strict=True)]
+    assert len(replies) == 3 and scores["llm_judge"] == [score_reply(r, 10.0) for r in replies]  # the tiny model is
+    # untrained (its replies hold no number: None); the parsing is pinned below, the wire path here and just after
+    assert score_reply("Grade: 7/10", 10.0) == 0.7 and score_reply("12", 10.0) == 1.0 and score_reply("none", 10) is None
+    from fai_rl.rewards import RewardError
+    from fai_rl.rewards.judge import llm_judge
+
+    with pytest.raises(RewardError, match=r"judge fai-rl/tiny at http://127.0.0.1:9/v1 failed after 1 attempts"):
+        llm_judge(prompts[:1], completions[:1], base_url="http://127.0.0.1:9/v1", model=MODEL, retries=0, timeout=5)
+    bad = reward_recipe(write_recipe, {"function": "llm_judge",
+                                       "kwargs": {"base_url": "localhost:8000", "model": MODEL, "template": "{prompt}"}})
+    found = problems(bad)
+    assert any("rewards[0].kwargs.base_url" in p for p in found) and any(".template" in p for p in found)

@@ -24,6 +24,7 @@ from fai_rl.imports import Unresolved, import_named
 from fai_rl.rewards.countdown import countdown
 from fai_rl.rewards.fairl import fairl_answer_digit, fairl_answer_match, fairl_xml_format
 from fai_rl.rewards.function import TRL_INTERNAL, RewardError, RewardFn
+from fai_rl.rewards.judge import llm_judge
 from fai_rl.rewards.remote import MAX_RETRIES, http_reward
 from fai_rl.rewards.reward_model import load_reward_model, reward_model, score_device
 from fai_rl.rewards.text import exact_match, format_reward, length, math_answer
@@ -38,13 +39,14 @@ BUILTINS: dict[str, Callable] = {
     "countdown": countdown,
     "reward_model": reward_model,
     "http": http_reward,
+    "llm_judge": llm_judge,
     # FAI-RL's GRPO/GSPO defaults (rewards/fairl.py); config/fai_rl.py fills them in for a recipe without rewards:.
     "fairl_answer_match": fairl_answer_match,
     "fairl_xml_format": fairl_xml_format,
     "fairl_answer_digit": fairl_answer_digit,
 }
 # Built-ins whose calls are costly or reach outside: a failed batch is not re-run row by row to find the bad row.
-_NOT_RERUN = ("reward_model", "http")
+_NOT_RERUN = ("reward_model", "http", "llm_judge")
 _RESERVED = ("prompts", "completions", *TRL_INTERNAL)
 
 
@@ -307,6 +309,20 @@ def _http_ranges(kw: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _judge_ranges(kw: dict) -> list[tuple[str, str]]:
+    out = []
+    if not re.match(r"https?://[^/\s]+", kw["base_url"]):
+        out.append(("base_url", f"{kw['base_url']!r} is not an http:// or https:// URL, e.g. "
+                                "http://127.0.0.1:8000/v1 (fai-rl-serve, vLLM)."))
+    out += [(k, f"{kw[k]} must be greater than 0.") for k in ("max_score", "max_tokens", "timeout", "concurrency")
+            if kw[k] <= 0]
+    if not 0 <= kw["retries"] <= MAX_RETRIES:
+        out.append(("retries", f"{kw['retries']} must be in 0..{MAX_RETRIES}."))
+    if "{completion}" not in kw["template"]:
+        out.append(("template", "must contain {completion} (the reply being graded)."))
+    return out
+
+
 _RANGES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     "math_answer": lambda kw: [("tolerance", f"{kw['tolerance']} must be 0 or more.")] if kw["tolerance"] < 0 else [],
     "format": _format_ranges,
@@ -316,4 +332,5 @@ _RANGES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     ],
     "reward_model": _reward_model_ranges,
     "http": _http_ranges,
+    "llm_judge": _judge_ranges,
 }
