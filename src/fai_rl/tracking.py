@@ -52,6 +52,8 @@ def start_wandb(recipe: Recipe, output_dir: Path):
     mode = wandb_mode(recipe)
     args = dict(project=recipe.wandb.project, entity=recipe.wandb.entity, name=recipe.wandb.name,
                 tags=list(recipe.wandb.tags) or None, dir=str(output_dir), config=recipe_to_dict(recipe))
+    if os.environ.get("WANDB_BASE_URL"):  # also given explicitly: wandb reads the environment once per process
+        args["settings"] = wandb.Settings(base_url=os.environ["WANDB_BASE_URL"])
     why = (f"WANDB_MODE={os.environ['WANDB_MODE']}" if os.environ.get("WANDB_MODE")
            else "wandb.mode: offline" if recipe.wandb.mode == "offline" else "no API key")
     if mode == "online":  # a tracking service that cannot be reached never ends a training run
