@@ -53,15 +53,20 @@ def test_a_transcript_is_jsonl_and_an_html_page_with_every_text_escaped(tmp_path
     assert shown[4] == "  prompt 2: <|im_start|>user ⏎ 1+1<|im_end|>" and shown[5].endswith("| 2")
 
 
-def test_every_metrics_row_and_the_rollouts_table_reach_an_offline_wandb_run(tmp_path, monkeypatch):
+def test_every_metrics_row_and_the_rollouts_table_reach_an_offline_wandb_run(tmp_path, monkeypatch, capsys):
+    import time
+
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    if wandb.run is not None:  # a run another test in this worker left open would receive the rows
+        wandb.run.finish()
     run_dir = RunDir(tmp_path)
     logged = {1: {"loss": 0.5, "time/train": 1.25}, 2: {"loss": 0.25, "kl_sample_train": 1e-4,
                                                         "rewards/exact_match/mean": float("nan")}}
     run = wandb.init(project="fai-rl-tests", dir=str(tmp_path), mode="offline")
+    assert wandb.run is run
     try:
         run_dir.log_metrics(1, logged[1])
         transcripts.write_transcript(tmp_path, 2, [{"group": 0, "prompt": "p", "completion": "<script>",
@@ -69,7 +74,13 @@ def test_every_metrics_row_and_the_rollouts_table_reach_an_offline_wandb_run(tmp
         run_dir.log_metrics(2, {**logged[2], "ignored": "text"})
     finally:
         run.finish()
+    assert "not logged" not in capsys.readouterr().err
     steps = history(tmp_path)
+    for _ in range(20):  # a loaded machine: the core may still be writing the transaction log
+        if {1, 2} <= set(steps):
+            break
+        time.sleep(0.5)
+        steps = history(tmp_path)
     for step, values in logged.items():
         for key, value in values.items():
             assert steps[step][key] == pytest.approx(value, nan_ok=True), (step, key)
