@@ -14,13 +14,13 @@ machine that shares the file system.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import time
 from pathlib import Path
 
 from fai_rl.cli import report_errors
+from fai_rl.cli.runlock import pid_alive
 from fai_rl.errors import UsageError
 
 ACTIVE = ("starting", "running")
@@ -70,22 +70,8 @@ def run_status(run: Path) -> dict:
 
 
 def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _not_zombie(pid)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
+    """Whether `pid` (as read from a run's state, so maybe missing or not an int) is a live process here."""
+    return isinstance(pid, int) and pid > 0 and pid_alive(pid)
 
 
 def _live_pid_file(run: Path) -> int | None:
