@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from fai_rl.errors import RecipeError
+from fai_rl.paths import read_utf8_text
 
 COMMAND_LINE = "command line"
 _PATH_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
@@ -51,20 +52,9 @@ def _read_text(path: Path) -> str:
     """The recipe's text: UTF-8 (a BOM allowed); a binary or otherwise encoded file is named with the line of its first
     bad byte."""
     try:
-        data = path.read_bytes()
+        return read_utf8_text(path, RecipeError, "a recipe is a UTF-8 YAML text file")
     except OSError as e:
         raise RecipeError(f"--recipe: cannot read {path} ({e.strerror or e}).") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        what = ("UTF-16 text, not UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "a binary file"
-                if b"\0" in data[:8192] else f"not UTF-8 (byte 0x{data[e.start]:02x})")
-        raise RecipeError(f"{path}:{line}: {what}; a recipe is a UTF-8 YAML text file (re-save it as UTF-8).") from None
-    if "\0" in text:
-        line = text.count("\n", 0, text.index("\0")) + 1
-        raise RecipeError(f"{path}:{line}: a binary file (NUL bytes); a recipe is a UTF-8 YAML text file.")
-    return text
 
 
 def _walk_node(node: Any, prefix: str, lines: dict[str, int], problems: list[str], path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from fai_rl.config.schema import DatasetSpec
 from fai_rl.data.tasks import is_builtin_task, load_builtin_task
 from fai_rl.errors import DataError
+from fai_rl.paths import read_utf8_text
 
 MAX_REPORTED = 10  # bad rows listed before "... and N more"
 
@@ -120,18 +121,7 @@ def _read_s3(spec: DatasetSpec, key: str) -> tuple[list[dict], list[str] | None]
 
 def _read_text(path: Path) -> str:
     """A data file's text: UTF-8 (a leading BOM dropped); a binary or otherwise encoded file is named by file:line."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        what = ("UTF-16 text, not UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "a binary file"
-                if b"\0" in data[:8192] else f"not UTF-8 (byte 0x{data[e.start]:02x})")
-        raise DataError(f"{path}:{line}: {what}; data files are UTF-8 text (re-save it as UTF-8).") from None
-    if "\0" in text:
-        raise DataError(f"{path}:{text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL byte; data files are UTF-8 "
-                        "text, not binary.")
-    return text
+    return read_utf8_text(path, DataError, "data files are UTF-8 text")
 
 
 def _read_json(path: Path, key: str) -> tuple[list[dict], list[str]]:
