@@ -53,6 +53,13 @@ def zero_stage(config: dict) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
+def is_zero3(recipe: Recipe) -> bool:
+    """The recipe's DeepSpeed config is ZeRO stage 3 (parameters sharded: gathered for each generation, and for a
+    whole-model state dict); False without a DeepSpeed config."""
+    t = recipe.training
+    return bool(t.deepspeed_config) and zero_stage(load_deepspeed_config(t.deepspeed_config)) == 3
+
+
 def offloads_params(config: dict) -> bool:
     return config.get("zero_optimization", {}).get("offload_param", {}).get("device", "none") not in ("none", None)
 

@@ -38,6 +38,7 @@ from fai_rl.backends.local.common import (
     trainer_arguments,
 )
 from fai_rl.backends.local.rollouts import RolloutTranscripts
+from fai_rl.config.deepspeed import is_zero3
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows
 from fai_rl.errors import BackendError
@@ -184,19 +185,10 @@ def enable_fast_generation(trainer, recipe: Recipe) -> None:
 
     m = recipe.model
     quantised = m.load_in_4bit or m.load_in_8bit
-    graphs = False if quantised or zero3(recipe) else None  # None: on where CUDA is
+    graphs = False if quantised or is_zero3(recipe) else None  # None: on where CUDA is
     install(trainer.model, GraphDecoder(trainer.model, graphs=graphs))
     if m.use_lora and not (quantised or recipe.training.deepspeed_config):
         sample_with_merged_lora(trainer.model)
-
-
-def zero3(recipe: Recipe) -> bool:
-    """The recipe's DeepSpeed config is ZeRO stage 3 (parameters sharded, gathered for each generation)."""
-    if not recipe.training.deepspeed_config:
-        return False
-    from fai_rl.config.deepspeed import load_deepspeed_config, zero_stage
-
-    return zero_stage(load_deepspeed_config(recipe.training.deepspeed_config)) == 3
 
 
 def sample_with_merged_lora(peft_model) -> None:

@@ -27,7 +27,7 @@ from fai_rl.backends.local.ppo_models import (
     reference_logits,
     save_models,
 )
-from fai_rl.config.deepspeed import resolve_deepspeed_config, zero_stage
+from fai_rl.config.deepspeed import is_zero3, resolve_deepspeed_config
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import render_prompts
 from fai_rl.decode import GraphDecoder, Knobs
@@ -104,7 +104,7 @@ class PPORun:
 
             config = resolve_deepspeed_config(recipe, use_bf16(recipe))
             deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=False)
-        self.zero3 = deepspeed_plugin is not None and zero_stage(deepspeed_plugin.deepspeed_config) == 3
+        self.zero3 = is_zero3(recipe)
         # cpu=True for DDP on a CPU machine: without it accelerate does not see a torchrun world of CPU processes
         # (DeepSpeed brings its own CPU accelerator and must not be told cpu).
         self.accelerator = Accelerator(cpu=accelerator() == "cpu" and deepspeed_plugin is None,
