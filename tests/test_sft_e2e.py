@@ -112,6 +112,22 @@ def test_lora_trains_an_adapter_that_reloads_on_its_base(write_recipe, tmp_path,
     assert generate(["--model", str(final), "--max-new-tokens", "6", "What is 3 + 4?", "What is 20 - 5?"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["completion"] for r in rows] == expected
+    # model.init_from: GRPO (full fine-tune, beta > 0) starts from this run's adapter merged into its base, with a
+    # fresh optimizer at step 0; its KL reference is that start, so the first step's KL is 0 (against the base
+    # model it would not be: the adapter changed the logits, above)
+    rl = tmp_path / "rl"
+    assert main(["--recipe", str(ROOT / "recipes/quickstart/grpo.yaml"), f"training.output_dir={rl}",
+                 "model.base_model_name=fai-rl/tiny", f"model.init_from={out}", "training.beta=0.1",
+                 "training.max_steps=2", "training.per_device_train_batch_size=8", "training.logging_steps=1",
+                 "data.eval_datasets=[]", "training.bf16=false"]) == 0
+    start = capsys.readouterr().out.split(f"model.init_from: starting from {out} (", 1)[1].split(")", 1)[0]
+    merged = AutoModelForCausalLM.from_pretrained(start)  # the cached merge: the SFT model's weights
+    with torch.no_grad():
+        assert torch.allclose(merged(probe).logits, tuned(probe).logits, atol=1e-5)
+    steps = [row for row in metrics(rl) if "kl" in row]
+    assert steps[0]["step"] == 1 and steps[0]["kl"] < 1e-6, steps
+    assert json.loads((rl / "summary.json").read_text())["global_step"] == 2
+    assert json.loads((rl / "final" / "fai_rl.json").read_text())["init_from"] == str(out)
 
 
 def test_qlora_trains_on_cpu(write_recipe, tmp_path):

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from fai_rl.algorithms import spec_of
 from fai_rl.config.deepspeed import load_deepspeed_config, offloads_params, recipe_conflicts, zero_stage
+from fai_rl.config.init_from import init_from_problem
 from fai_rl.config.schema import Recipe
 from fai_rl.config.algorithm_rules import (
     dpo_rules,
@@ -131,6 +132,10 @@ def _model_rules(r: Recipe) -> Iterator[Problem]:
     for key in ("s3_region", "s3_endpoint_url"):
         if getattr(m, key) is not None and not getattr(m, key).strip():
             yield f"model.{key}", "is empty; give a value or null."
+    if m.init_from is not None and r.training.backend == "local":  # Tinker's: fai_rl.backends.tinker.common
+        problem = init_from_problem(m.init_from, m.base_model_name)
+        if problem:
+            yield "model.init_from", problem
 
 
 def _data_rules(r: Recipe) -> Iterator[Problem]:

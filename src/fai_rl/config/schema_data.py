@@ -17,9 +17,11 @@ class ModelConfig:
         "`fai-rl/tiny` (no download). On the Tinker backend: the Tinker base model name."
     )
     init_from: Optional[str] = _f(
-        None, help="Tinker: start from these weights with a fresh optimizer (SFT -> RL): a Tinker run's output_dir "
-        "(its last saved state) or a tinker://.../weights/... state; the KL reference (training.beta > 0) is this "
-        "start, not the base model. (tinker.resume_from also loads the optimizer state.)",
+        None, help="Start from these weights with a fresh optimizer and step 0 (SFT -> RL). Local: a run's output_dir "
+        "(its final/, else its latest checkpoint-N) or a final/ or checkpoint-N dir; a LoRA adapter is merged into "
+        "its base (which must be model.base_model_name) and a new LoRA goes on top. Tinker: a Tinker run's "
+        "output_dir (its last saved state) or a tinker://.../weights/... state. The KL reference (training.beta > "
+        "0) is this start, not the base model. (--resume and tinker.resume_from also load the optimizer state.)",
     )
     torch_dtype: str = _f(
         "auto",

@@ -266,7 +266,9 @@ KEYS: dict[str, Support] = {
                                            maps_to="sampling overlapped with training (the Tinker RL driver)",
                                            inert_when=lambda r: "not read by workflows" if r.workflow.type != "single"
                                            else None),
-    "model.init_from": Support(backends=("tinker",), maps_to="TrainingClient.load_state (weights, no optimizer)"),
+    "model.init_from": Support(maps_to="local: from_pretrained of a run's final/ or latest checkpoint-N (a LoRA "
+                               "adapter merged into its base first; fai_rl.models.init_from); Tinker: "
+                               "TrainingClient.load_state (weights, no optimizer)"),
     "tinker.ppo_baseline": Support(algorithms=("ppo",), backends=("tinker",), maps_to="PPO advantage baseline"),
     # ---- S3 (FAI-RL's s3: section)
     "s3.enabled": _fai(maps_to="upload checkpoints / final/ (boto3 or s5cmd)"),

@@ -12,6 +12,7 @@ from fai_rl.algorithms import spec_of
 from fai_rl.config.schema import ModelConfig, Recipe
 from fai_rl.errors import BackendError, RecipeError
 from fai_rl.models.builtin import is_builtin_model, materialize_builtin_model
+from fai_rl.models.init_from import start_weights
 
 
 def resolve_model_path(name: str, model: ModelConfig | None = None) -> str:
@@ -242,7 +243,8 @@ def _note_once(line: str) -> None:
 
 
 def load_causal_lm(model: ModelConfig, padding_free: bool = False):
-    """The base causal LM (quantised when asked), not yet wrapped with LoRA: the one from_pretrained mapping.
+    """The base causal LM (quantised when asked), not yet wrapped with LoRA: the one from_pretrained mapping; with
+    model.init_from (local backend), the start it names instead of model.base_model_name's weights.
 
     padding_free: the batches will be padding-free; where the attention is SDPA and a varlen kernel exists
     (fai_rl.models.varlen), attention reads the rows' boundaries instead of a mask over the whole batch."""
@@ -263,10 +265,17 @@ def load_causal_lm(model: ModelConfig, padding_free: bool = False):
         attention = varlen.register()  # varlen_attn on a GPU, one SDPA call per row elsewhere
     if attention is not None:
         kwargs["attn_implementation"] = attention
+    if model.init_from is None:
+        path = resolve_model_path(model.base_model_name, model)
+    else:  # SFT -> RL: weights only (fai_rl.models.init_from); the policy and a full fine-tune's reference alike
+        path = start_weights(model, lambda m: resolve_model_path(m.base_model_name, m))
+        _note_once(f"model.init_from: starting from {model.init_from} ({path}), weights only: fresh optimizer, step 0")
     try:
-        return AutoModelForCausalLM.from_pretrained(resolve_model_path(model.base_model_name, model), **kwargs)
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
+        key, value = ("model.init_from", model.init_from) if model.init_from else ("model.base_model_name",
+                                                                                  model.base_model_name)
         raise RecipeError(
-            f"model.base_model_name: cannot load '{model.base_model_name}' ({str(e).splitlines()[0]}); "
+            f"{key}: cannot load '{value}' ({str(e).splitlines()[0]}); "
             "give a local model dir, a hub id you can reach, or fai-rl/tiny."
         ) from None

@@ -323,6 +323,8 @@ def save_final(trainer, tokenizer, recipe: Recipe, run: RunDir) -> Path:
             "algorithm": recipe.training.algorithm,
             "global_step": trainer.state.global_step,
         }
+        if recipe.model.init_from:
+            note["init_from"] = recipe.model.init_from  # the start; a LoRA run's base_model_path is its merged copy
         if recipe.model.use_lora:
             adapter = json.loads((staging / "adapter_config.json").read_text())
             note["base_model_path"] = adapter.get("base_model_name_or_path")

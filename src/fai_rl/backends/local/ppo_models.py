@@ -72,7 +72,8 @@ def disable_dropout(model: nn.Module) -> None:
 def build_models(recipe: Recipe, start: Path | None) -> tuple[PolicyAndCritic, nn.Module | None]:
     """(policy + critic, frozen reference or None when LoRA's adapter-off policy is the reference).
 
-    `start` is a checkpoint to continue from; the reference always comes from model.base_model_name.
+    `start` is a checkpoint to continue from; the reference always comes from model.base_model_name (or the start
+    model.init_from names, fai_rl.models.init_from).
     """
     from transformers import AutoModel
 
@@ -87,7 +88,7 @@ def build_models(recipe: Recipe, start: Path | None) -> tuple[PolicyAndCritic, n
             policy = PeftModel.from_pretrained(base, start, is_trainable=True)
         reference = None
     else:
-        policy = load_causal_lm(m if start is None else replace(m, base_model_name=str(start)))
+        policy = load_causal_lm(m if start is None else replace(m, base_model_name=str(start), init_from=None))
         reference = load_causal_lm(m).requires_grad_(False).eval()
     if recipe.training.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
