@@ -355,6 +355,9 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
         trainer.add_callback(uploads.callback())
     if resume is not None and resume.weights_only:
         trainer.add_callback(ContinueSchedule())
+    from fai_rl.backends.local.trl_resume import keep_trl_state
+
+    keep_trl_state(trainer, resume.path if resume and not resume.weights_only else None)  # TRL's own state
     seen_before = _tokens_seen(resume) if resume else 0  # read now: save_total_limit may rotate the checkpoint out
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     state = trainer.state

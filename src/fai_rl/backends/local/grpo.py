@@ -117,7 +117,6 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir, callbacks: list |
     process."""
     import trl
 
-    from fai_rl.backends.local.grpo_resume import SaveGenerationBuffer, restore_generation_buffer
     from datasets import Dataset
 
     config_class, trainer_class = (getattr(trl, n) for n in TRAINERS[spec_of(recipe.training.algorithm).advantage])
@@ -163,9 +162,6 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir, callbacks: list |
         callbacks=[MetricsCallback(run), *(callbacks or [])],  # extra: e.g. scripts/bench.py's step timer
     )
     trainer.add_callback(RolloutTranscripts(recipe, run, trainer))  # rollouts/step-N.jsonl + .html, wandb table
-    trainer.add_callback(SaveGenerationBuffer(trainer))  # exact resume inside a generation window (grpo_resume)
-    restore_generation_buffer(trainer, prepared.resume.path if prepared.resume and not prepared.resume.weights_only
-                              else None)
     if resolved_performance(recipe)["fast_generation"]:
         enable_fast_generation(trainer, recipe)
     return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)
