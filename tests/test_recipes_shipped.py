@@ -14,7 +14,8 @@ from fai_rl.config import load_recipe
 from fai_rl.rewards import check_rewards
 
 EVAL_RECIPES = sorted((ROOT / "recipes" / "eval").glob("*.yaml"))  # fai-rl-eval recipes, a schema of their own
-RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(EVAL_RECIPES))
+PIPELINES = sorted((ROOT / "recipes" / "pipelines").glob("*.yaml"))  # stages of training recipes (test_pipeline)
+RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(EVAL_RECIPES) - set(PIPELINES))
 
 
 def test_there_are_recipes_for_the_quickstart_and_real_models():
@@ -41,6 +42,17 @@ def test_quickstart_recipe_dry_runs_offline(path: Path, tmp_path, capsys):
     if spec_of(algorithm).samples:
         assert "exact_match" in out  # the rewards scored on a few rows
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_pipeline_recipe_validates_every_stage(path: Path):
+    from fai_rl.cli.pipeline import _checkable
+    from fai_rl.config.load_pipeline import load_pipeline
+
+    _, stages = load_pipeline(path)
+    for stage in (s for s in stages if s.kind == "train"):  # as the pipeline checks it before the first stage
+        recipe = load_recipe(stage.recipe, _checkable(stage, stages), extra_rules=[check_dispatch, check_rewards])
+        assert recipe.training.output_dir == str(stage.output_dir)
 
 
 @pytest.mark.parametrize("path", EVAL_RECIPES, ids=lambda p: p.name)

@@ -72,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from fai_rl.backends import check_dispatch
     from fai_rl.config import load_recipe
+    from fai_rl.config.load_pipeline import is_pipeline_recipe
     from fai_rl.rewards import check_rewards
     from fai_rl.s3 import check_s3
 
     launched = os.environ.get(LAUNCHED_ENV) == "1"
+    if not launched and is_pipeline_recipe(args.recipe):  # `stages:`: SFT -> RL -> export, each a run of _run
+        from fai_rl.cli.pipeline import run_pipeline
+
+        return run_pipeline(args, _run)
     recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards, check_s3],
                          processes=int(os.environ.get("WORLD_SIZE", 1)) if launched else _world_size(args))
     lock = _lock_output_dir(recipe, args)
