@@ -160,10 +160,11 @@ class TrainingConfig:
     )
     num_iterations: int = _f(1, help="GRPO/GSPO: optimisation passes over each generated batch (mu).")
     drop_zero_variance_groups: bool = _f(
-        False, help="GRPO/GSPO/RLOO on Tinker: leave groups whose rewards are all equal (advantage 0) out of the "
-        "update, as DAPO's dynamic sampling filters them (without resampling); logged as groups_dropped. The service "
-        "sums the loss, so the kept groups' gradient is the same; what changes: no optimizer step when every group "
-        "is flat, fewer tokens sent (in batches of varying size), GSPO's mean over the kept sequences only.",
+        False, help="GRPO/GSPO/RLOO: leave groups whose rewards are all equal (advantage 0) out of the update, as "
+        "DAPO's dynamic sampling filters them (without resampling); logged as groups_dropped (a count per batch). "
+        "No optimizer step when every group is flat; the loss is normalised over the kept tokens / sequences only. "
+        "Tinker: fewer tokens sent (batches of varying size). Local: the flat rows are masked out of TRL's loss (they "
+        "still cost their forward pass).",
     )
     steps_per_generation: Optional[int] = _f(
         None, help="GRPO/GSPO: optimizer steps per generation round (null: gradient_accumulation_steps)."

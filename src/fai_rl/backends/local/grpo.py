@@ -37,6 +37,7 @@ from fai_rl.backends.local.common import (
     run_trainer,
     trainer_arguments,
 )
+from fai_rl.backends.local.flat_groups import with_flat_groups_dropped
 from fai_rl.backends.local.rollouts import RolloutTranscripts
 from fai_rl.config.deepspeed import is_zero3
 from fai_rl.config.schema import Recipe
@@ -120,6 +121,8 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir, callbacks: list |
     from datasets import Dataset
 
     config_class, trainer_class = (getattr(trl, n) for n in TRAINERS[spec_of(recipe.training.algorithm).advantage])
+    if recipe.training.drop_zero_variance_groups:  # DAPO's filter of flat groups (fai_rl.backends.local.flat_groups)
+        trainer_class = with_flat_groups_dropped(trainer_class)
 
     quiet_progress_bars()
     t = recipe.training

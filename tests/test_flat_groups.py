@@ -1,0 +1,59 @@
+"""training.drop_zero_variance_groups on the local backend (fai_rl.backends.local.flat_groups), on the tiny models.
+
+The Tinker driver's filter is tested in tests/test_tinker_backend.py (groups_dropped) and tests/test_tinker_rl_metrics.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT
+
+from fai_rl.cli.train import main
+
+FAST = ["training.max_steps=1", "training.per_device_train_batch_size=16", "training.logging_steps=1",
+        "data.eval_datasets=[]", "training.bf16=false", "training.log_rollouts_every=0"]
+
+
+def first_step(out) -> dict:
+    return next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "grad_norm" in r)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_flat_groups_leave_the_update_and_the_loss_averages_over_the_kept_completions(tmp_path, algorithm):
+    # seed 2: 2 of the 4 groups of the first batch are flat (the same samples with and without the filter); beta 0,
+    # so flat groups add no gradient, and a mean over the 8 kept completions instead of all 16 doubles the gradient
+    extra = ["training.loss_type=grpo"] if algorithm == "grpo" else []
+    steps = {}
+    for drop in (False, True):
+        out = tmp_path / f"{algorithm}-{drop}"
+        assert main(["--recipe", str(ROOT / f"recipes/quickstart/{algorithm}.yaml"), f"training.output_dir={out}",
+                     "training.seed=2", f"training.drop_zero_variance_groups={str(drop).lower()}", *FAST,
+                     *extra]) == 0
+        steps[drop] = first_step(out)
+    kept, dropped = steps[False], steps[True]
+    assert "groups_dropped" not in kept and dropped["groups_dropped"] == 4 * dropped["frac_reward_zero_std"] == 2
+    assert dropped["reward"] == kept["reward"]  # the same samples
+    assert dropped["grad_norm"] == pytest.approx(2 * kept["grad_norm"], rel=1e-4)
+
+
+def test_a_batch_of_flat_groups_makes_no_optimizer_step(tmp_path):
+    # the untrained fai-rl/tiny never answers right: every group is flat (reward 0); with weight decay an optimizer
+    # step would still move the weights (it does without the filter)
+    from transformers import AutoModelForCausalLM
+
+    from fai_rl.models.load import resolve_model_path
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("fai-rl/tiny")).state_dict()
+    moved = {}
+    for drop in (True, False):
+        out = tmp_path / str(drop)
+        assert main(["--recipe", str(ROOT / "recipes/quickstart/grpo.yaml"), f"training.output_dir={out}",
+                     "model.base_model_name=fai-rl/tiny", "training.weight_decay=0.5", "training.learning_rate=1e-2",
+                     f"training.drop_zero_variance_groups={str(drop).lower()}", *FAST]) == 0
+        final = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
+        moved[drop] = max((final[k] - base[k]).abs().max().item() for k in base)
+        if drop:
+            assert first_step(out)["groups_dropped"] == 4
+    assert moved[True] == 0 and moved[False] > 1e-4, moved
