@@ -20,11 +20,26 @@ def first_step(out) -> dict:
     return next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "grad_norm" in r)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_flat_groups_leave_the_update_and_the_loss_averages_over_the_kept_completions(tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm,loss_type", [("grpo", "grpo"), ("grpo", "dapo"), ("rloo", None)])
+def test_flat_groups_leave_the_update_and_the_loss_averages_over_the_kept_completions(tmp_path, monkeypatch,
+                                                                                       algorithm, loss_type):
     # seed 2: 2 of the 4 groups of the first batch are flat (the same samples with and without the filter); beta 0,
-    # so flat groups add no gradient, and a mean over the 8 kept completions instead of all 16 doubles the gradient
-    extra = ["training.loss_type=grpo"] if algorithm == "grpo" else []
+    # so flat groups add no gradient, and a mean over the 8 kept completions instead of all 16 doubles the gradient;
+    # dapo's token mean scales it by all completion tokens / kept ones (TRL's num_items_in_batch, read on the way)
+    import trl
+
+    from fai_rl.backends.local.flat_groups import DropFlatGroups
+
+    tokens = {}
+    for cls, key in ((trl.GRPOTrainer, "all"), (DropFlatGroups, "kept")):
+        def counted(self, inputs, score=cls._generate_and_score_completions, key=key):
+            out = score(self, inputs)
+            if "num_items_in_batch" in out:  # RLOO has none
+                tokens.setdefault(key, float(out["num_items_in_batch"]))  # the first batch of each run
+            return out
+
+        monkeypatch.setattr(cls, "_generate_and_score_completions", counted)
+    extra = [f"training.loss_type={loss_type}"] if loss_type else []
     steps = {}
     for drop in (False, True):
         out = tmp_path / f"{algorithm}-{drop}"
@@ -35,7 +50,8 @@ def test_flat_groups_leave_the_update_and_the_loss_averages_over_the_kept_comple
     kept, dropped = steps[False], steps[True]
     assert "groups_dropped" not in kept and dropped["groups_dropped"] == 4 * dropped["frac_reward_zero_std"] == 2
     assert dropped["reward"] == kept["reward"]  # the same samples
-    assert dropped["grad_norm"] == pytest.approx(2 * kept["grad_norm"], rel=1e-4)
+    scale = tokens["all"] / tokens["kept"] if loss_type == "dapo" else 2
+    assert scale > 1 and dropped["grad_norm"] == pytest.approx(scale * kept["grad_norm"], rel=1e-4)
 
 
 def test_a_batch_of_flat_groups_makes_no_optimizer_step(tmp_path):
