@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from conftest import ROOT
@@ -94,10 +95,17 @@ def test_resume_continues_from_the_last_recorded_state_with_its_optimizer(tmp_pa
     out = tmp_path / "resume"
     common = ("training.eval_steps=null", "training.logging_steps=1", "training.learning_rate=5e-3",
               "training.lr_scheduler_type=constant", "training.warmup_steps=0", "tinker.save_every=2",
-              "tinker.download_final=false", "data.eval_datasets=[]")
+              "tinker.download_final=false", "data.eval_datasets=[]", "tinker.checkpoint_ttl_s=3600")
     assert run("sft", out, tinker_env, "training.max_steps=4", *common) == 0
-    states = [c for c in json.loads((out / "checkpoints.json").read_text())["checkpoints"] if c["kind"] == "state"]
+    listed = json.loads((out / "checkpoints.json").read_text())["checkpoints"]
+    states = [c for c in listed if c["kind"] == "state"]
     assert [c["step"] for c in states] == [2, 4]
+    # tinker.checkpoint_ttl_s: the state saved on the way may expire, the final state and sampler never do (the TTLs
+    # the service was asked for, as the harness records them: None removes any expiry)
+    with urllib.request.urlopen(f"{tinker_env.base_url}/_ttls", timeout=10) as r:
+        ttls = json.loads(r.read())
+    asked = {(c["kind"], c["step"]): ttls[c["path"].removeprefix("tinker://")] for c in listed}
+    assert asked == {("state", 2): 3600, ("state", 4): None, ("sampler", 4): None}, asked
     capsys.readouterr()
     assert run("sft", out, tinker_env, "--resume", "training.max_steps=7", *common) == 0
     printed = capsys.readouterr().out

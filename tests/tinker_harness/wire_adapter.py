@@ -26,6 +26,10 @@ This adapter papers over exactly these differences and passes everything else th
   into FILES_DIR (else a temp dir) and returns one `http://127.0.0.1:PORT/_files/...` URL per file. The files are
   the server's, unchanged (the hosted service's export of a LoRA run may differ in detail); the export also shows
   up in list_checkpoints as the sampler checkpoint `external-<name>`.
+* `PUT /api/v1/training_runs/{run}/checkpoints/{id}/ttl` (`RestClient.set_checkpoint_ttl_from_tinker_path`, what
+  `tinker.checkpoint_ttl_s` calls), which the server lacks: checked as the hosted service does (null removes the
+  TTL, else 3600 s to 10 years) and recorded here, nothing expires; `GET /_ttls` lists the record
+  ({"<run>/<id>": seconds or null, in the order set}) for tests.
 * Redirects from the server (`GET .../checkpoints/{id}/archive` answers 302 to `.../download`) are relayed with
   their Location rewritten to the adapter's address.
 * An unreachable server (killed, not started yet) answers 502, as a gateway would, instead of a bare 500 traceback,
@@ -95,6 +99,7 @@ class Adapter:
         # unpacked weight exports, served under /_files/ (the harness points this into its own workdir)
         self.files = Path(files_dir) if files_dir else Path(tempfile.mkdtemp(prefix="tinker-adapter-files-"))
         self.files.mkdir(parents=True, exist_ok=True)
+        self.ttls: dict[str, int | None] = {}  # "<run>/<checkpoint id>" -> the last TTL set (None: removed)
 
     # ------------------------------------------------------------------ plumbing
     async def forward(self, request: Request, path: str, body: bytes | None = None, headers=None,
@@ -341,6 +346,19 @@ class Adapter:
         expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
         return JSONResponse({"urls": urls, "expires": expires.isoformat()})
 
+    async def set_ttl(self, request: Request):
+        r = await self.forward(request, request.url.path)
+        if not isinstance(r, Response) and r.status_code == 404:  # no such route upstream: emulated
+            ttl = json.loads(await request.body()).get("ttl_seconds")
+            if ttl is not None and not 3600 <= ttl <= 10 * 365 * 86400:
+                return JSONResponse({"detail": f"ttl_seconds {ttl} is not between 1 hour and 10 years"}, 400)
+            self.ttls[f"{request.path_params['run']}/{request.path_params['cid']}"] = ttl
+            return JSONResponse(None)
+        return self.relay(r)
+
+    async def list_ttls(self, request: Request):
+        return JSONResponse(self.ttls)
+
     async def serve_file(self, request: Request):
         path = (self.files / request.path_params["path"]).resolve()
         if not path.is_relative_to(self.files.resolve()) or not path.is_file():
@@ -362,6 +380,8 @@ class Adapter:
             Route("/api/v1/save_weights_external", self.save_weights_external, methods=["POST"]),
             Route("/api/v1/training_runs/{run}/checkpoints/external_weights/{name}/external_weights_urls",
                   self.external_weights_urls, methods=["GET"]),
+            Route("/api/v1/training_runs/{run}/checkpoints/{cid:path}/ttl", self.set_ttl, methods=["PUT"]),
+            Route("/_ttls", self.list_ttls, methods=["GET"]),
             Route("/_files/{path:path}", self.serve_file, methods=["GET"]),
             Route("/{path:path}", self.passthrough, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ])

@@ -68,7 +68,7 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "tinker.adam_beta2": (0, True, 1, False),
     "tinker.adam_eps": (0, False, INF, False),
     "tinker.save_every": (0, False, INF, False),
-    "tinker.checkpoint_ttl_s": (0, False, INF, False),
+    "tinker.checkpoint_ttl_s": (3600, True, 10 * 365 * 86400, True),  # what the service accepts: 1 h to 10 years
     "tinker.request_timeout_s": (0, False, INF, False),
     "tinker.max_retries": (0, True, INF, False),
     "workflow.num_solutions": (1, True, INF, False),

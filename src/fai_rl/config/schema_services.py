@@ -74,7 +74,9 @@ class TinkerConfig:
         None, help="save_state (weights + optimizer) every this many steps (null: training.save_steps); always at the end."
     )
     checkpoint_ttl_s: Optional[int] = _f(
-        None, help="Seconds the service keeps this run's checkpoints (null: the service's default)."
+        None, help="Seconds (3600 to 10 years) the service keeps the states and samplers saved during the run "
+        "(periodic, on stop, the KL reference); the final state and sampler never expire (their TTL is removed). "
+        "null: the service's default for all."
     )
     max_steps_off_policy: int = _f(
         0, help="RL: 0 samples each batch on the weights it trains (on-policy); 1 samples batch N+1 on the weights "

@@ -213,9 +213,10 @@ class TinkerSession:
         tmp.write_text(json.dumps({"base_model": self.recipe.model.base_model_name, "checkpoints": entries},
                                   indent=2) + "\n")
         os.replace(tmp, file)
-        if self.k.checkpoint_ttl_s:
+        if self.k.checkpoint_ttl_s:  # states saved on the way may expire; what the run ends with never does
+            ttl = None if step >= self.schedule.total else self.k.checkpoint_ttl_s  # None: no (or no more) expiry
             rest = self.service.create_rest_client()
-            self.wait(rest.set_checkpoint_ttl_from_tinker_path(path, self.k.checkpoint_ttl_s), f"setting TTL of {path}")
+            self.wait(rest.set_checkpoint_ttl_from_tinker_path(path, ttl), f"setting the TTL of {path}")
         if kind == "state" and self.recipe.training.save_total_limit:
             self._rotate([e for e in entries if e["kind"] == "state"])
 
