@@ -158,3 +158,29 @@ def test_a_malformed_pipeline_is_refused_with_its_dotted_key(tmp_path, capsys, b
     path.write_text(yaml.safe_dump({"output_root": str(tmp_path / "o"), **bad}))
     assert main(["--recipe", str(path), "--dry-run"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.tinker
+@pytest.mark.slow
+def test_the_quickstart_pipeline_runs_on_the_tinker_backend(tmp_path, tinker_server, monkeypatch, capsys):
+    """The same pipeline with `overrides: {training: {backend: tinker}, ...}` against the local Tinker-API server:
+    GRPO loads the SFT run's last Tinker state (weights only), export downloads and merges GRPO's adapter."""
+    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    root = tmp_path / "pipe"
+    assert main(["--recipe", str(QUICKSTART), f"output_root={root}", "overrides.training.backend=tinker",
+                 f"overrides.tinker.base_url={tinker_server.base_url}", "overrides.tinker.lora_rank=8",
+                 "overrides.model.base_model_name=fai-rl/tiny-sft", "overrides.training.eval_steps=null",
+                 "overrides.data.eval_datasets=[]", "overrides.training.max_steps=2", "sft.tinker.download_final=false", "overrides.training.save_steps=2"]) == 0
+    out = capsys.readouterr().out
+    sft_states = [c for c in json.loads((root / "sft" / "checkpoints.json").read_text())["checkpoints"]
+                  if c["kind"] == "state"]
+    assert f"tinker: initialised from {sft_states[-1]['path']} (weights only, fresh optimizer)" in out
+    grpo_recipe = yaml.safe_load((root / "grpo" / "recipe.resolved.yaml").read_text())
+    assert grpo_recipe["training"]["backend"] == "tinker" and grpo_recipe["model"]["init_from"] == str(root / "sft")
+    state = json.loads((root / "pipeline_state.json").read_text())
+    assert [s["status"] for s in state["stages"]] == ["finished"] * 3
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(root / "export").num_parameters() > 0
+    print(f"\ntinker pipeline: stages {[s['seconds'] for s in state['stages']]} s")

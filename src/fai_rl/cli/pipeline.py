@@ -125,8 +125,10 @@ def _stage(s, run: Callable[[], int]) -> int:
 
     try:
         return run()
-    except RecipeError as e:
-        raise RecipeError([f"stage '{s.name}' ({s.recipe}): {p}" for p in e.problems]) from None
+    except FaiRLError as e:  # the same error, each line prefixed by the stage
+        where = f"stage '{s.name}' ({s.recipe}): "
+        problems = getattr(e, "problems", None)
+        raise (type(e)([where + p for p in problems]) if problems else type(e)(where + str(e))) from None
     finally:
         stop_log()  # each stage's console copy goes to its own output_dir/logs/
 

@@ -121,9 +121,10 @@ def _check_stages(pipe: PipelineRecipe, path: Path) -> list[tuple[str, str]]:
             if k in DERIVED_KEYS and (k == "training.output_dir" or i > 0):
                 out.append((f"{key}.overrides.{k}", "is set by the pipeline (output_root/NAME; a stage after another "
                             "starts from its output with its base model); remove it."))
-    for k in _flatten(pipe.overrides):
-        if k in DERIVED_KEYS:
-            out.append((f"overrides.{k}", "is set by the pipeline for each stage; remove it."))
+    for k in _flatten(pipe.overrides):  # one base model for every stage is fine: it is what the stages derive
+        if k in DERIVED_KEYS and k != "model.base_model_name":
+            out.append((f"overrides.{k}", "is set by the pipeline for each stage (output_root/NAME; a stage after "
+                        "another starts from its output); remove it, or set it in the first stage's overrides."))
     return out
 
 
