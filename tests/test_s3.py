@@ -115,8 +115,18 @@ def test_delete_local_after_upload_then_resume_fetches_the_newest_checkpoint(wri
     assert {"runs/tiny/checkpoint-2/trainer_state.json", "runs/tiny/checkpoint-4/optimizer.pt"} <= set(on_store)
     assert (out / "final" / "model.safetensors").exists()  # final/ is never deleted
 
+    # uploads cut short by a kill: checkpoint-8 got trainer_state.json but no completion marker; checkpoint-6 a
+    # marker whose manifest lists a file the store lacks. --resume passes over both for checkpoint-4.
+    store = s3.store.client(None, endpoint)
+    state = store.get_object(Bucket=bucket, Key="runs/tiny/checkpoint-4/trainer_state.json")["Body"].read()
+    for n in (6, 8):
+        store.put_object(Bucket=bucket, Key=f"runs/tiny/checkpoint-{n}/trainer_state.json", Body=state)
+    store.put_object(Bucket=bucket, Key="runs/tiny/checkpoint-6/.fai_rl_s3_complete",
+                     Body=json.dumps({"trainer_state.json": len(state), "model.safetensors": 1}).encode())
     assert main(["--recipe", str(path), "--resume", "training.max_steps=6"]) == 0
-    assert "checkpoint-4 on the store is newer than any complete local checkpoint" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "checkpoint-4 on the store is newer than any complete local checkpoint" in printed
+    assert all(f"runs/tiny/checkpoint-{n}/ on the store is incomplete" in printed for n in (6, 8)), printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_step"] == 4 and summary["global_step"] == 6 and summary["s3_failed_uploads"] == []
     steps = [row["step"] for row in (json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines())
