@@ -5,6 +5,8 @@ first one starts."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 
 import pytest
@@ -35,8 +37,13 @@ def test_pipeline_quickstart_runs_end_to_end_and_resumes_at_the_cut_stage(tmp_pa
     from fai_rl.models.load import resolve_model_path
 
     root = tmp_path / "pipe"
-    assert main(["--recipe", str(QUICKSTART), f"output_root={root}"]) == 0
-    out = capsys.readouterr().out
+    # --nohup: checked here, then the same command detached (its log in output_root/logs/); waited for
+    assert main(["--recipe", str(QUICKSTART), f"output_root={root}", "--nohup"]) == 0
+    started = capsys.readouterr().out
+    pid = int(re.search(r"started in the background \(pid (\d+)\)", started).group(1))
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0  # detach's Popen: a child of this process
+    (log,) = (root / "logs").glob("train-*.log")
+    out = log.read_text()
     assert "===== stage 3/3: export (export) =====" in out and "pipeline finished" in out
     state = json.loads((root / "pipeline_state.json").read_text())
     assert [(s["name"], s["status"]) for s in state["stages"]] == [("sft", "finished"), ("grpo", "finished"),
@@ -126,6 +133,10 @@ def test_dry_run_refuses_a_bad_stage_by_name_and_key_before_anything_runs(tmp_pa
     err = capsys.readouterr().err
     assert "presett: unknown key; did you mean preset?" in err
     assert "stages[1].overrides.model.init_from: is set by the pipeline" in err, err
+    # a stage on another backend than the one it starts from (a local run dir is no Tinker state)
+    assert main(["--recipe", _pipeline(tmp_path, {}), "grpo.training.backend=tinker", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'grpo' (" in err and "training.backend: 'tinker', but the stage before runs on 'local'" in err, err
 
 
 def test_presets_set_the_documented_keys_and_explicit_overrides_win(tmp_path):
@@ -171,7 +182,8 @@ def test_the_quickstart_pipeline_runs_on_the_tinker_backend(tmp_path, tinker_ser
     assert main(["--recipe", str(QUICKSTART), f"output_root={root}", "overrides.training.backend=tinker",
                  f"overrides.tinker.base_url={tinker_server.base_url}", "overrides.tinker.lora_rank=8",
                  "overrides.model.base_model_name=fai-rl/tiny-sft", "overrides.training.eval_steps=null",
-                 "overrides.data.eval_datasets=[]", "overrides.training.max_steps=2", "sft.tinker.download_final=false", "overrides.training.save_steps=2"]) == 0
+                 "overrides.data.eval_datasets=[]", "overrides.training.max_steps=2",
+                 "overrides.training.save_steps=2", "sft.tinker.download_final=false"]) == 0
     out = capsys.readouterr().out
     sft_states = [c for c in json.loads((root / "sft" / "checkpoints.json").read_text())["checkpoints"]
                   if c["kind"] == "state"]

@@ -4,6 +4,7 @@ each training stage a normal fai-rl-train run, each starting from the output of 
     fai-rl-train --recipe recipes/pipelines/quickstart.yaml                    # SFT -> GRPO -> export
     fai-rl-train --recipe recipes/pipelines/quickstart.yaml --dry-run          # check every stage, run none
     fai-rl-train --recipe recipes/pipelines/quickstart.yaml --resume           # continue at the stage that was cut
+    fai-rl-train --recipe recipes/pipelines/quickstart.yaml --nohup            # checked here, then detached
     fai-rl-train --recipe recipes/pipelines/quickstart.yaml preset=quick grpo.training.learning_rate=3e-4
 
 Every stage's recipe is loaded and checked (its derived keys included) before the first one starts; a bad stage is
@@ -27,14 +28,12 @@ STATE_FILE = "pipeline_state.json"
 RunStage = Callable[[argparse.Namespace, list[str]], int]  # fai_rl.cli.train's run of one recipe
 
 
-def run_pipeline(args: argparse.Namespace, run_stage: RunStage) -> int:
-    """Check every stage, then run them in order (or, with --dry-run, show each stage's dry run); returns the exit
-    code. `run_stage(args, argv)` is fai-rl-train's run of one training recipe (passed in: no import circle)."""
+def run_pipeline(args: argparse.Namespace, argv: list[str], run_stage: RunStage) -> int:
+    """Check every stage, then run them in order (or, with --dry-run, show each stage's dry run; with --nohup, the
+    same command detached once the checks pass); returns the exit code. `run_stage(args, argv)` is fai-rl-train's
+    run of one training recipe (passed in: no import circle)."""
     from fai_rl.config.load_pipeline import load_pipeline
 
-    if args.nohup:
-        raise UsageError("--nohup with a pipeline recipe is not offered yet; run `nohup fai-rl-train --recipe ... &` "
-                         "and follow output_root/pipeline_state.json and each stage's fai-rl-runs follow.")
     if args.resume not in (None, "latest"):
         raise UsageError(f"--resume {args.resume}: a pipeline resumes at the stage that was cut, from that stage's "
                          "last checkpoint; pass --resume alone.")
@@ -49,6 +48,8 @@ def run_pipeline(args: argparse.Namespace, run_stage: RunStage) -> int:
     todo = [s for s in stages if s.name not in done]
     _check_stages(args, todo, cut if resume_cut else None)
     print(_plan(args.recipe, pipe.preset, stages, done, cut if resume_cut else None), flush=True)
+    if args.nohup and not args.dry_run:
+        return _detach(root, [a for a in argv if a != "--nohup"])
     if args.dry_run:
         for s in todo:
             if s.kind == "train":
@@ -96,11 +97,18 @@ def _check_stages(args: argparse.Namespace, todo, resumed) -> None:
     from fai_rl.s3 import check_s3
 
     problems: list[str] = []
+    backend: dict = {}  # output_dir -> the backend its stage runs on
     for s in todo:
         if s.kind != "train":
             continue
         try:
             recipe = load_recipe(s.recipe, _checkable(s, todo), extra_rules=[check_dispatch, check_rewards, check_s3])
+            backend[s.output_dir] = recipe.training.backend
+            before = backend.get(s.previous)
+            if before is not None and before != recipe.training.backend:  # a local run dir is no Tinker state
+                raise RecipeError(f"training.backend: '{recipe.training.backend}', but the stage before runs on "
+                                  f"'{before}' and this one starts from its weights; run both on one backend "
+                                  "(set it in the pipeline's overrides).")
             check_output_path(recipe.training.output_dir)
             # a resumed pipeline resumes the cut stage and replaces what a later stage left (_stage_args)
             check_output_dir(recipe, resuming=args.resume is not None)
@@ -109,6 +117,20 @@ def _check_stages(args: argparse.Namespace, todo, resumed) -> None:
             problems += [f"stage '{s.name}' ({s.recipe}): {line}" for line in lines]
     if problems:
         raise RecipeError(problems)
+
+
+def _detach(root: Path, child_argv: list[str]) -> int:
+    """The pipeline in the background (fai_rl.cli.launch.detach: its own session, output to output_root/logs/)."""
+    from types import SimpleNamespace
+
+    from fai_rl.cli.launch import detach
+
+    # detach reads only training.output_dir of the recipe it is given: here the pipeline's root
+    pid, log, pid_file = detach(SimpleNamespace(training=SimpleNamespace(output_dir=str(root))), child_argv)
+    print(f"started in the background (pid {pid})\n  log:    {log}\n  state:  {root / STATE_FILE}\n"
+          f"  list:   fai-rl-runs list {root}\n  stop:   fai-rl-runs stop {root}/STAGE   # the running stage "
+          f"checkpoints and the pipeline stops; or: kill {pid} (pid in {pid_file})", flush=True)
+    return 0
 
 
 def _checkable(s, todo) -> list[str]:

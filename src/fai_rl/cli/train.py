@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if not launched and is_pipeline_recipe(args.recipe):  # `stages:`: SFT -> RL -> export, each a run of _run
         from fai_rl.cli.pipeline import run_pipeline
 
-        return run_pipeline(args, _run)
+        return run_pipeline(args, argv, _run)
     recipe = load_recipe(args.recipe, args.overrides, extra_rules=[check_dispatch, check_rewards, check_s3],
                          processes=int(os.environ.get("WORLD_SIZE", 1)) if launched else _world_size(args))
     lock = _lock_output_dir(recipe, args)
