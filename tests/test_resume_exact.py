@@ -20,7 +20,7 @@ import yaml
 
 from fai_rl.cli.train import main
 
-from conftest import kill_after_checkpoint
+from conftest import ROOT, kill_after_checkpoint
 
 # wall times, and HF's run-level train_loss (the mean over the steps this process ran)
 TIMINGS = ("step_time", "runtime", "per_second", "time", "train_loss")
@@ -137,3 +137,28 @@ def test_a_kill_9_mid_generation_window_resumes_onto_the_uninterrupted_run(refer
     assert main(["--recipe", str(path), "--resume"]) == 0
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 3
     same_rows(rows_after(out, 3), {s: r for s, r in straight.items() if s > 3}, "gspo after kill -9")
+
+
+def test_a_local_workflow_resumed_from_its_checkpoints_follows_the_uninterrupted_run(tmp_path, one_thread, capsys):
+    """The solver-judge workflow loop (backends/local/workflow.py): checkpoints at every step, an evaluation at 2;
+    resumed from checkpoint-3 and from checkpoint-1 (a kill during the step-2 evaluation), every logged metric
+    equals the uninterrupted run's. Then fai-rl-runs stop (output_dir/STOP) ends a resumed run at a checkpoint."""
+    out = tmp_path / "run"
+    args = ["--recipe", str(ROOT / "recipes" / "quickstart" / "solver_judge.yaml"), f"training.output_dir={out}",
+            "training.max_steps=4", "training.per_device_train_batch_size=8", "training.logging_steps=1",
+            "training.save_steps=1", "training.eval_steps=2", "training.num_generations_eval=2",
+            "data.datasets[0].max_samples=16", "data.eval_datasets[0].max_samples=4"]
+    assert main(args) == 0
+    straight = rows_after(out, 0)
+    assert sorted(straight) == [1, 2, 3, 4] and "eval_judge_accuracy" in straight[2]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    for k in (3, 1):
+        assert main([*args, "--resume", str(out / f"checkpoint-{k}")]) == 0
+        same_rows(rows_after(out, k), {s: r for s, r in straight.items() if s > k}, f"workflow from checkpoint-{k}")
+    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 1
+    # fai-rl-runs stop (it writes output_dir/STOP): the loop stops after the step it is on, at a checkpoint
+    capsys.readouterr()
+    (out / "STOP").write_text("")
+    assert main([*args, "--resume", str(out / "checkpoint-1")]) == 0
+    assert f"stopped at step 2 on request; checkpoint: {out / 'checkpoint-2'}" in capsys.readouterr().out
+    assert sorted(rows_after(out, 0)) == [1, 2]  # nothing after the stop

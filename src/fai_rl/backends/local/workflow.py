@@ -9,23 +9,26 @@ normalised over all tokens of the batch (DAPO's token mean; fai_rl.rl_math.token
 length-normalised ratio per sequence for gspo (fai_rl.rl_math.sequence_ratio_loss). LoRA (peft) or all weights.
 
 Departures: no KL term (training.beta is ignored here: rules reject beta > 0 with a workflow); one process (no DDP);
-`loss_type` is fixed to the token mean; no resumable checkpoints (final/ is saved at the end). Sequences whose
-advantage is 0 are skipped in the update, which changes nothing (their gradient is 0) but saves the compute.
+`loss_type` is fixed to the token mean. Sequences whose advantage is 0 are skipped in the update, which changes
+nothing (their gradient is 0) but saves the compute. Checkpoints (every save_steps, and on fai-rl-runs stop) hold
+what an uninterrupted run would carry on with (fai_rl.backends.local.loop_checkpoint), so --resume continues exactly.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 
 from fai_rl.artifacts import RunDir
-from fai_rl.backends.local.common import peak_gpu_memory_gib, save_final
+from fai_rl.backends.local.common import ResumePoint, find_resume_point, peak_gpu_memory_gib, save_final
+from fai_rl.backends.local.loop_checkpoint import load_checkpoint, save_checkpoint
 from fai_rl.config.schema import Recipe
-from fai_rl.errors import RecipeError
 from fai_rl.models.load import accelerator, load_causal_lm, load_tokenizer, lora_config
+from fai_rl.progress import RunStopped, stop_requested
 from fai_rl.rl_math import sequence_ratio_loss, token_policy_loss
 from fai_rl.s3 import Uploads
 from fai_rl.schedule import Schedule
@@ -44,20 +47,19 @@ class PreparedWorkflow:
     eval: list[dict]
     rewards: list
     workflow: object
-    resume: None = None
+    resume: ResumePoint | None = None
 
 
 def prepare(recipe: Recipe, resume: str | None) -> PreparedWorkflow:
     """Tokenizer, task rows, reward functions and the workflow object; nothing written."""
     from fai_rl.rewards import recipe_rewards
 
-    if resume is not None:
-        raise RecipeError("--resume: workflow runs on the local backend save no resumable checkpoints (only final/); "
-                          "start a fresh run, optionally from final/ via model.base_model_name.")
+    resume_point = find_resume_point(recipe, resume)
     tokenizer = load_tokenizer(recipe.model)
     train, evaluation = load_workflow_rows(recipe)
     rewards = recipe_rewards(recipe)
-    return PreparedWorkflow(tokenizer, train, evaluation, rewards, build_workflow(recipe, reward_scorer(rewards)))
+    return PreparedWorkflow(tokenizer, train, evaluation, rewards, build_workflow(recipe, reward_scorer(rewards)),
+                            resume_point)
 
 
 def describe(recipe: Recipe, prepared: PreparedWorkflow) -> str:
@@ -130,7 +132,7 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
 
     hf_logging.disable_progress_bar()
     t, w = recipe.training, recipe.workflow
-    uploads = Uploads(recipe, checkpoints=False)  # s3: final/ only (this loop saves no checkpoints)
+    uploads = Uploads(recipe)  # s3: checkpoint-N in the background, final/ at the end
     torch.manual_seed(t.seed)
     model = build_policy(recipe)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -147,10 +149,20 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
     def log(step: int, metrics: dict) -> None:
         run.log_metrics(step, metrics, total=total)  # and the progress line (fai_rl.progress)
 
-    if prepared.eval:
+    began, tokens, window, start = time.time(), 0, [], 0
+    if prepared.resume is not None:  # weights, optimizer, schedule, RNG; the rows follow from the step
+        saved = load_checkpoint(prepared.resume.path, model, optimizer, scheduler)
+        start, window = saved["global_step"], saved["window"]
+        print(f"--resume: continuing from {prepared.resume.path.name} (step {start})", flush=True)
+    elif prepared.eval:
         log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
-    began, tokens, window = time.time(), 0, []
-    for step in range(1, total + 1):
+
+    def save(step: int) -> Path:
+        path = save_checkpoint(run.path, step, model, optimizer, scheduler, {"window": window}, t.save_total_limit)
+        uploads.checkpoint(path)
+        return path
+
+    for step in range(start + 1, total + 1):
         tasks = [prepared.train[i] for i in schedule.rows(step - 1)]
         episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)], sampler)
         scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
@@ -166,14 +178,20 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
             window = []
         if prepared.eval and t.eval_steps and step % t.eval_steps == 0 and step != total:
             log(step, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
-        run.progress.tick(step, total)  # the live line; fai-rl-runs stop is not honoured (no resumable checkpoints)
+        saved_now = step % t.save_steps == 0 and step != total
+        if saved_now:
+            save(step)
+        run.progress.tick(step, total)  # the live line
+        if step != total and stop_requested(run.path):  # fai-rl-runs stop, SIGTERM, Ctrl-C: a checkpoint, then out
+            raise RunStopped(step, str(run.path / f"checkpoint-{step}" if saved_now else save(step)))
     runtime = time.time() - began
     if prepared.eval:
         log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
     final = save_final(_saver(model, total), prepared.tokenizer, recipe, run)
     uploads.final(final)
     return run.write_summary(
-        algorithm=t.algorithm, backend=t.backend, workflow=w.type, global_step=total, resumed_from_step=None,
+        algorithm=t.algorithm, backend=t.backend, workflow=w.type, global_step=total,
+        resumed_from_step=prepared.resume.step if prepared.resume else None,
         train_runtime_s=round(runtime, 2), train_tokens=tokens,
         tokens_per_s=round(tokens / runtime, 1) if runtime else None, peak_gpu_memory_gib=peak_gpu_memory_gib(),
         processes=1, final_dir=str(final), **uploads.summary(),
