@@ -37,6 +37,12 @@ def test_pipeline_quickstart_runs_end_to_end_and_resumes_at_the_cut_stage(tmp_pa
     from fai_rl.models.load import resolve_model_path
 
     root = tmp_path / "pipe"
+    # --dry-run: every stage's own dry run (data, examples, rewards), their derived keys, nothing written
+    assert main(["--recipe", str(QUICKSTART), f"output_root={root}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("recipe OK") == 2 and "dry run: every stage checked; nothing trained." in out
+    assert f'model.init_from="{root / "sft"}"  model.base_model_name="fai-rl/tiny"' in out
+    assert not root.exists()
     # --nohup: checked here, then the same command detached (its log in output_root/logs/); waited for
     assert main(["--recipe", str(QUICKSTART), f"output_root={root}", "--nohup"]) == 0
     started = capsys.readouterr().out

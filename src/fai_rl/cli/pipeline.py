@@ -51,14 +51,7 @@ def run_pipeline(args: argparse.Namespace, argv: list[str], run_stage: RunStage)
     if args.nohup and not args.dry_run:
         return _detach(root, [a for a in argv if a != "--nohup"])
     if args.dry_run:
-        for s in todo:
-            if s.kind == "train":
-                print(f"\n===== stage {s.name}: dry run =====", flush=True)
-                stage_args = _stage_args(args, s, resume_cut and s is cut)
-                stage_args.overrides = _checkable(s, todo) + stage_args.overrides[len(s.overrides):]
-                _stage(s, lambda: run_stage(stage_args, _stage_argv(s, resume_cut and s is cut)))
-        print("\ndry run: every stage checked; nothing trained.")
-        return 0
+        return _dry_run(args, todo, cut if resume_cut else None, run_stage)
     if cut is None:
         print(f"every stage is finished ({root / STATE_FILE}); nothing to do.")
         return 0
@@ -83,6 +76,22 @@ def run_pipeline(args: argparse.Namespace, argv: list[str], run_stage: RunStage)
             return rc
     print(f"\npipeline finished: {', '.join(f'{s.name} -> {s.output_dir}' for s in stages)}\n"
           f"state: {root / STATE_FILE}", flush=True)
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, todo, resumed, run_stage: RunStage) -> int:
+    """Each training stage's own dry run (data, examples, rewards, launch), then the keys the pipeline set in it."""
+    from fai_rl.config.schema_pipeline import DERIVED_KEYS
+
+    for s in (t for t in todo if t.kind == "train"):
+        print(f"\n===== stage {s.name}: dry run =====", flush=True)
+        stage_args = _stage_args(args, s, s is resumed)
+        stage_args.overrides = _checkable(s, todo) + stage_args.overrides[len(s.overrides):]
+        _stage(s, lambda: run_stage(stage_args, _stage_argv(s, s is resumed)))
+        print(f"derived: {'  '.join(o for o in s.overrides if o.split('=', 1)[0] in DERIVED_KEYS)}"
+              + (f"\n  (model.init_from: written by the stage before; checked when {s.name} starts)"
+                 if len(_checkable(s, todo)) < len(s.overrides) else ""), flush=True)
+    print("\ndry run: every stage checked; nothing trained.")
     return 0
 
 
