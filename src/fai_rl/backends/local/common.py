@@ -15,6 +15,7 @@ from fai_rl.artifacts import RunDir, checkpoints
 from fai_rl.config.deepspeed import resolve_deepspeed_config
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
+from fai_rl.models.checkpointing import add_partial_checkpointing
 from fai_rl.models.load import (
     accelerator,
     bf16_gpu,
@@ -355,6 +356,7 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
         trainer.add_callback(uploads.callback())
     if resume is not None and resume.weights_only:
         trainer.add_callback(ContinueSchedule())
+    add_partial_checkpointing(trainer, recipe)  # null gradient_checkpointing on: only the layers memory needs
     from fai_rl.backends.local.trl_resume import keep_trl_state
 
     keep_trl_state(trainer, resume.path if resume and not resume.weights_only else None)  # TRL's own state
