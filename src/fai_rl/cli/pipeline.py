@@ -65,8 +65,9 @@ def run_pipeline(args: argparse.Namespace, argv: list[str], run_stage: RunStage)
         try:
             rc = _export(s) if s.kind == "export" else \
                 _stage(s, lambda s=s, r=resumed: run_stage(_stage_args(args, s, r), _stage_argv(s, r)))
-        except BaseException:
-            _set(root, state, s, status="failed", seconds=round(time.time() - began, 1))
+        except BaseException as e:  # a second Ctrl-C (the first stops the stage cleanly) is a stop, not a failure
+            status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
+            _set(root, state, s, status=status, seconds=round(time.time() - began, 1))
             raise
         status = "finished" if rc == 0 and _completed(s) else ("stopped" if rc == 0 else "failed")
         _set(root, state, s, status=status, seconds=round(time.time() - began, 1))
