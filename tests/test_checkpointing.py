@@ -46,6 +46,9 @@ def test_partly_checkpointed_layers_give_the_same_loss_and_gradients():
     assert left == layers - 2
     flags = [block.gradient_checkpointing for block in model.model.layers]
     assert flags == [True] * (layers - 2) + [False, False]  # the last layers keep their activations
+    model.gradient_checkpointing_disable()  # what TRL does around generation, and then turns it back on
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert [block.gradient_checkpointing for block in model.model.layers] == flags
     part_loss, part = _grads(model, ids)
     assert torch.equal(plain_loss, part_loss) and plain.keys() == part.keys()
     for name in plain:

@@ -11,6 +11,8 @@ as transformers does.
 
 from __future__ import annotations
 
+import functools
+
 from fai_rl.config.schema import Recipe
 
 BUDGET = 0.8  # of the GPU's memory, as use_gradient_checkpointing reckons
@@ -50,8 +52,17 @@ def keep_activations(model, count: int) -> int:
 
     blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
     for block in blocks[len(blocks) - count:] if count else []:
-        block.gradient_checkpointing = False
+        block.__class__ = _kept(type(block))
     return len(blocks) - min(count, len(blocks))
+
+
+@functools.cache
+def _kept(cls: type) -> type:
+    """`cls` with checkpointing off for good: TRL turns checkpointing off around generation and back on for every
+    layer after it (trl.models.utils.disable_gradient_checkpointing), which would undo a plain flag. A class-level
+    property wins over the instance attribute transformers sets, and ignores the writes."""
+    return type(cls.__name__, (cls,), {"gradient_checkpointing": property(lambda self: False, lambda self, value: None),
+                                       "__module__": cls.__module__, "__qualname__": cls.__qualname__})
 
 
 def add_partial_checkpointing(trainer, recipe: Recipe) -> None:
