@@ -26,6 +26,17 @@ def metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def same_steps(got: list[dict], want: list[dict], rel: float = 0.0) -> bool:
+    """Two runs' metric rows equal (within `rel`), wall times aside: a resumed run on the uninterrupted one's path."""
+    def values(rows):
+        return [{k: v for k, v in r.items() if not any(t in k for t in ("time", "queued_ahead"))} for r in rows]
+
+    assert len(got) == len(want) and all(g.keys() == w.keys() for g, w in zip(values(got), values(want))), (got, want)
+    for g, w in zip(values(got), values(want)):
+        assert g == (w if rel == 0 else pytest.approx(w, rel=rel, abs=rel)), (g, w)
+    return True
+
+
 @pytest.fixture
 def tinker_env(tinker_server, monkeypatch):
     monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
@@ -106,6 +117,12 @@ def test_resume_continues_from_the_last_recorded_state_with_its_optimizer(tmp_pa
         ttls = json.loads(r.read())
     asked = {(c["kind"], c["step"]): ttls[c["path"].removeprefix("tinker://")] for c in listed}
     assert asked == {("state", 2): 3600, ("state", 4): None, ("sampler", 4): None}, asked
+    assert states[0]["counters"]["num_tokens"] > 0  # running totals go with each state
+    straight = [r for r in metrics(out) if r["step"] > 2]
+    # resumed from the state at 2 (what a kill at step 3 leaves), steps 3-4 are the uninterrupted run's, bit for bit
+    assert run("sft", out, tinker_env, "--resume", states[0]["path"], "training.max_steps=4", *common) == 0
+    assert same_steps([r for r in metrics(out) if r["step"] > 2], straight)
+    states = [c for c in json.loads((out / "checkpoints.json").read_text())["checkpoints"] if c["kind"] == "state"]
     capsys.readouterr()
     assert run("sft", out, tinker_env, "--resume", "training.max_steps=7", *common) == 0
     printed = capsys.readouterr().out
@@ -120,12 +137,12 @@ def test_grpo_raises_the_reward_of_the_prompts_it_trains_on(tmp_path, tinker_env
     # An easy task for a short run: 16 problems, trained on and evaluated on (8 samples each, before and after).
     out = tmp_path / "grpo"
     began = time.time()
-    assert run("grpo", out, tinker_env, "training.max_steps=12", "training.eval_steps=null",
-               "training.logging_steps=1", "training.learning_rate=1e-3", "training.per_device_train_batch_size=64",
-               "training.num_generations=4", "training.num_generations_eval=8",
-               "training.per_device_eval_batch_size=128", "tinker.download_final=false",
-               "data.datasets[0].max_samples=16", "data.eval_datasets[0].split=train",
-               "data.eval_datasets[0].max_samples=16") == 0
+    args = ("training.max_steps=12", "training.eval_steps=null", "training.logging_steps=1",
+            "training.learning_rate=1e-3", "training.per_device_train_batch_size=64", "training.num_generations=4",
+            "training.num_generations_eval=8", "training.per_device_eval_batch_size=128", "tinker.download_final=false",
+            "data.datasets[0].max_samples=16", "data.eval_datasets[0].split=train",
+            "data.eval_datasets[0].max_samples=16", "tinker.save_every=11")
+    assert run("grpo", out, tinker_env, *args) == 0
     wall = time.time() - began
     rows = metrics(out)
     evals = [r["eval_reward"] for r in rows if "eval_reward" in r]
@@ -138,6 +155,12 @@ def test_grpo_raises_the_reward_of_the_prompts_it_trains_on(tmp_path, tinker_env
     assert drift < 0.01 and all(r["loss"] == r["loss"] for r in rows if "reward" in r)
     print(f"\ntinker GRPO: train reward {first:.3f} -> {last:.3f}, eval_reward {evals[0]:.3f} -> {evals[-1]:.3f}, "
           f"max |kl_sample_train| {drift:.1e}, wall {wall:.0f} s")
+    # resumed from the state at 11 (a kill at step 12): sampling is seeded per step, so step 12 draws the same
+    # completions and the final evaluation the same samples as the uninterrupted run
+    state = next(c["path"] for c in json.loads((out / "checkpoints.json").read_text())["checkpoints"]
+                 if c["kind"] == "state" and c["step"] == 11)
+    assert run("grpo", out, tinker_env, *args, "--resume", state) == 0
+    assert same_steps([r for r in metrics(out) if r["step"] > 11], [r for r in rows if r["step"] > 11], rel=1e-4)
 
 
 def test_dpo_margin_and_accuracy_rise(tmp_path, tinker_env):

@@ -416,10 +416,12 @@ def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_
     monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
     monkeypatch.delenv("TINKER_BASE_URL", raising=False)
     out = tmp_path / "tinker"
-    assert main(["--recipe", str(QUICKSTART), "training.backend=tinker", f"tinker.base_url={tinker_server.base_url}",
-                 "tinker.lora_rank=8", "tinker.download_final=false", f"training.output_dir={out}",
-                 "training.learning_rate=2e-3", "training.max_steps=2", "training.per_device_train_batch_size=16",
-                 "training.logging_steps=1", "data.datasets[0].max_samples=8", "data.eval_datasets=[]"]) == 0
+    args = ["--recipe", str(QUICKSTART), "training.backend=tinker", f"tinker.base_url={tinker_server.base_url}",
+            "tinker.lora_rank=8", "tinker.download_final=false", f"training.output_dir={out}",
+            "training.learning_rate=2e-3", "training.max_steps=2", "training.per_device_train_batch_size=16",
+            "training.logging_steps=1", "data.datasets[0].max_samples=8", "data.eval_datasets=[]",
+            "tinker.save_every=1"]
+    assert main(args) == 0
     rows = [r for r in metrics(out) if "reward/judge" in r]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0 <= r["reward/solver"] <= 1 and 0 <= r["reward/judge"] <= 1 and r["step_time_s"] > 0 for r in rows)
@@ -431,6 +433,14 @@ def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_
     listed = json.loads((out / "checkpoints.json").read_text())["checkpoints"]
     assert listed[-1]["kind"] == "sampler" and listed[-1]["path"].startswith("tinker://")
     assert json.loads((out / "summary.json").read_text())["workflow"] == "solver_judge"
+    # --resume from the state at 1: sampling is seeded per step, so step 2 is the uninterrupted run's
+    state = next(c["path"] for c in listed if c["kind"] == "state" and c["step"] == 1)
+    assert main([*args, "--resume", state]) == 0
+    again = [r for r in metrics(out) if "reward/judge" in r]
+    assert [r["step"] for r in again] == [1, 2]
+    for got, want in zip(again, rows):
+        values = {k: v for k, v in want.items() if "time" not in k}
+        assert {k: got[k] for k in values} == pytest.approx(values, rel=1e-4, abs=1e-4), got["step"]
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -13,6 +13,7 @@ top_p is 1.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,18 +105,24 @@ def generate_local(model, tokenizer, prompts: list[list[int]], n: int, *, max_ne
 
 
 def sample_tinker(client, tinker, tokenizer, prompts: list[list[int]], n: int, params,
-                  wait: Callable[[Any, str], Any], what: str = "sampling") -> list[list[Completion]]:
+                  wait: Callable[[Any, str], Any], what: str = "sampling",
+                  seed: int | None = None) -> list[list[Completion]]:
     """n completions of each prompt from a Tinker SamplingClient, in prompt order.
 
     One request per distinct prompt (prompts repeat when several episodes share a task): the service answers a
     request in about the same time whatever num_samples is, so fewer, larger requests are faster. `wait(future,
     what)` is the caller's bounded wait; `params` a tinker.SamplingParams whose `stop` are the stop token ids.
+    `seed` makes the draw reproducible: request i gets seed + the number of samples asked before it (the service
+    seeds sample j of a request with its seed + j), so no two samples share a seed.
     """
     counts: dict[tuple[int, ...], int] = {}
     for ids in prompts:
         counts[tuple(ids)] = counts.get(tuple(ids), 0) + n
+    offsets = dict(zip(counts, itertools.accumulate(counts.values(), initial=0)))
     futures = {key: client.sample(prompt=tinker.ModelInput.from_ints(list(key)), num_samples=count,
-                                  sampling_params=params) for key, count in counts.items()}
+                                  sampling_params=params if seed is None else
+                                  params.model_copy(update={"seed": (seed + offsets[key]) % 2**31}))
+               for key, count in counts.items()}
     stops = list(params.stop or [])
     pools = {key: [completion_from_tokens(tokenizer, list(seq.tokens), seq.logprobs, stops)
                    for seq in wait(future, what).sequences][::-1]

@@ -7,6 +7,7 @@ under softmax(logits / temperature), the "old" policy of the importance ratio in
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -40,11 +41,19 @@ class TinkerSampler:
         self.client, self.tokenizer, self.tinker, self.wait = client, tokenizer, tinker, wait
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
         self.stop = stop_token_ids(tokenizer)
+        self.key, self.calls = None, 0
+
+    def reseed(self, key: str) -> None:
+        """Seed the draws from here on from `key` (e.g. the recipe's seed and the step) and the count of calls since:
+        the same key and calls draw the same samples, so a resumed run samples what the uninterrupted one did."""
+        self.key, self.calls = key, 0
 
     def sample(self, prompts: list[list[int]], n: int, max_tokens: int | None = None,
                temperature: float | None = None) -> list[list[Completion]]:
         params = self.tinker.SamplingParams(max_tokens=max_tokens or self.max_tokens,
                                             temperature=temperature or self.temperature, top_p=self.top_p,
                                             stop=self.stop)
+        seed = None if self.key is None else zlib.crc32(f"{self.key}:{self.calls}".encode()) & 0x3FFFFFFF
+        self.calls += 1
         return sample_tinker(self.client, self.tinker, self.tokenizer, prompts, n, params, self.wait,
-                             "workflow sampling")
+                             "workflow sampling", seed)

@@ -1,6 +1,5 @@
-"""What every Tinker algorithm shares: the service session, bounded waits, checkpoints, final/.
-
-The step count, each step's rows and its learning rate come from fai_rl.schedule, as on the local backend.
+"""What every Tinker algorithm shares: the service session, bounded waits, checkpoints, final/. The step count, each
+step's rows and its learning rate come from fai_rl.schedule, as on the local backend.
 
 The service does the forward/backward passes and the optimizer; this process keeps the data, the sampling logic, the
 rewards and the artefacts. Three rules make runs fast and safe:
@@ -18,7 +17,7 @@ import os
 import shutil
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +39,7 @@ class TinkerResume:
 
     path: str
     step: int
+    counters: dict = field(default_factory=dict)  # the loop's running totals at `step` (num_tokens, ...)
 
 
 def check_api_key() -> None:
@@ -70,8 +70,8 @@ def find_tinker_resume(recipe: Recipe, resume: str | None) -> TinkerResume | Non
             return TinkerResume(recipe.tinker.resume_from, 0)  # weights and optimizer only: the step count restarts
         return None
     if resume.startswith("tinker://"):
-        step = next((c["step"] for c in read_checkpoints(recipe) if c["path"] == resume), 0)
-        return TinkerResume(resume, step)
+        state = next((c for c in read_checkpoints(recipe) if c["path"] == resume), {})
+        return TinkerResume(resume, state.get("step", 0), state.get("counters", {}))
     if resume != "latest":
         raise RecipeError(f"--resume: '{resume}' is not a tinker:// state; on the Tinker backend pass --resume alone "
                           f"(the last state in {CHECKPOINTS_FILE}) or a tinker://<run>/weights/<name> path.")
@@ -81,7 +81,7 @@ def find_tinker_resume(recipe: Recipe, resume: str | None) -> TinkerResume | Non
             f"--resume: no saved Tinker state in {Path(recipe.training.output_dir) / CHECKPOINTS_FILE}; run without "
             "--resume to start, or set tinker.resume_from to a tinker:// state."
         )
-    return TinkerResume(states[-1]["path"], int(states[-1]["step"]))
+    return TinkerResume(states[-1]["path"], int(states[-1]["step"]), states[-1].get("counters", {}))
 
 
 def init_state(init_from: str) -> str:
@@ -109,14 +109,13 @@ class TinkerSession:
 
         self.recipe, self.run, self.k, self.schedule = recipe, run, recipe.tinker, schedule
         self.last_state: str | None = resume.path if resume else None
+        self.counters: dict = dict(resume.counters) if resume else {}  # running totals, saved with each state
         self.service = tinker.ServiceClient(base_url=self.k.base_url)
         self.training = self._training_client(resume)
         self.tinker = tinker
         # s3: only final/ goes up (checkpoints are tinker:// states that stay on the service)
         self.uploads = Uploads(recipe, checkpoints=False, final=self.k.download_final)
         self._delete_refused = False  # training.save_total_limit: the service refused a delete once (noted once)
-
-    # ---- waiting
 
     def wait(self, future: Any, what: str) -> Any:
         """future.result() within request_timeout_s, or one clear error naming the last saved state."""
@@ -185,14 +184,12 @@ class TinkerSession:
         return self.retry(lambda: self.training.save_weights_and_get_sampling_client(name),
                           f"saving sampler weights {name}")
 
-    # ---- checkpoints
-
     def save_state(self, step: int) -> str:
         """save_state (weights + optimizer), recorded in checkpoints.json; the path --resume continues from."""
         name = f"step-{step:06d}"
         saved = self.retry(lambda: self.training.save_state(name), f"save_state {name}")
         self.last_state = saved.path
-        self._record("state", step, saved.path)
+        self._record("state", step, saved.path, dict(self.counters))
         return saved.path
 
     def stop_if_asked(self, step: int, total: int) -> None:
@@ -204,11 +201,12 @@ class TinkerSession:
             saved = self.last_state if (self.last_state or "").endswith(f"step-{step:06d}") else self.save_state(step)
             raise RunStopped(step, saved)
 
-    def _record(self, kind: str, step: int, path: str) -> None:
+    def _record(self, kind: str, step: int, path: str, counters: dict | None = None) -> None:
         file = self.run.path / CHECKPOINTS_FILE
         entries = json.loads(file.read_text())["checkpoints"] if file.exists() else []
         entries = [e for e in entries if e["step"] <= step or e["kind"] != kind]  # a resumed run rewrites the tail
-        entries.append({"kind": kind, "step": step, "path": path, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        entries.append({"kind": kind, "step": step, "path": path, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        **({"counters": counters} if counters else {})})
         tmp = file.with_suffix(".json.partial")
         tmp.write_text(json.dumps({"base_model": self.recipe.model.base_model_name, "checkpoints": entries},
                                   indent=2) + "\n")

@@ -148,6 +148,7 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
     tinker, log = session.tinker, StepLog(run, total, HEADLINE)
     save_every = recipe.tinker.save_every
     began, tokens = time.time(), 0
+    before = session.counters.get("num_tokens", 0)  # a resumed run goes on counting (saved with each state)
     ok = False
     try:
         # The reference: a snapshot of the weights before any update; a resumed run goes back to the base weights.
@@ -199,10 +200,11 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
             session.wait(fb, f"forward_backward at step {step + 1}")
             session.wait(opt, f"optim_step at step {step + 1}")
             tokens += sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in picked)
+            session.counters["num_tokens"] = before + tokens
             done = step + 1
             if done % t.logging_steps == 0 or done == total or done == start + 1:
                 log(done, {**seen, "learning_rate": schedule.learning_rate(step), "epoch": schedule.epoch(step),
-                           "num_tokens": tokens, "step_time_s": time.time() - step_began,
+                           "num_tokens": before + tokens, "step_time_s": time.time() - step_began,
                            "queued_ahead": float(queued)})
             if t.eval_steps and done % t.eval_steps == 0 and done != total:
                 evaluate(done)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -100,7 +101,9 @@ def sample(session: TinkerSession, sampler, rows: list[dict], per_prompt: int, p
     params = tinker.SamplingParams(max_tokens=t.max_completion_length, temperature=t.temperature, top_p=t.top_p,
                                    stop=stop_token_ids(tok))
     prompts = [prompt_ids(tok, row, recipe) for row in rows]
-    groups = sample_tinker(sampler, tinker, tok, prompts, per_prompt, params, session.wait, what)
+    # seeded from training.seed and `what` ("sampling at step N"): a resumed run draws what the uninterrupted one drew
+    seed = zlib.crc32(f"{t.seed}:{what}".encode()) & 0x3FFFFFFF
+    groups = sample_tinker(sampler, tinker, tok, prompts, per_prompt, params, session.wait, what, seed)
     return [Sample(row, ids, c.tokens, c.logprobs, c.text, c.stopped)
             for row, ids, group in zip(rows, prompts, groups, strict=True) for c in group]
 
@@ -210,6 +213,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                      session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
                                   "creating the reference sampler (base weights)"))
     began, generated, tokens, ok = time.time(), 0, 0, False
+    before = session.counters.get("num_tokens", 0)  # a resumed run goes on counting (saved with each state)
     batch_key, batch = None, None
 
     def make_batch(step: int, sampler, version: int) -> tuple[dict, tuple[list, list, list], list[Sample]]:
@@ -259,7 +263,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                 metrics["off_policy_steps"] = statistics.fmean(s.staleness for s in samples)
                 generated += sum(len(s.completion) for s in samples)
                 tokens += sum(len(s.tokens()) for s in samples)
-                metrics["num_tokens"] = tokens
+                metrics["num_tokens"] = session.counters["num_tokens"] = before + tokens
             done = step + 1
             new_round = done < total and schedule.round_of(done) != batch_key
             if pool is not None and new_round:  # on the weights before this update: one step stale when trained

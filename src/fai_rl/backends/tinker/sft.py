@@ -102,6 +102,7 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
         log(step, {"eval_loss": nll / max(1, tokens)})
 
     began, trained_tokens, step = time.time(), 0, start
+    before = session.counters.get("num_tokens", 0)  # a resumed run goes on counting (saved with each state)
     ok = False
     try:
         if start == 0:
@@ -121,10 +122,12 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
             session.wait(opt, f"optim_step at step {step + 1}")
             loss, n = mean_nll(out, examples)
             trained_tokens += sum(len(e.input_ids) for e in examples)
+            session.counters["num_tokens"] = before + trained_tokens
             done = step + 1
             if done % t.logging_steps == 0 or done == total or done == start + 1:
                 log(done, {"loss": loss, "learning_rate": schedule.learning_rate(step), "epoch": schedule.epoch(step),
-                           "num_tokens": trained_tokens, "loss_tokens": n, "step_time_s": time.time() - step_began,
+                           "num_tokens": before + trained_tokens, "loss_tokens": n,
+                           "step_time_s": time.time() - step_began,
                            "queued_ahead": float(queued)})
             if t.eval_steps and done % t.eval_steps == 0 and done != total:
                 evaluate(done)

@@ -103,10 +103,12 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
                                 session.wait, max_tokens=t.max_completion_length, temperature=t.temperature,
                                 top_p=t.top_p)
         if start == 0 and prepared.eval:
+            sampler.reseed(f"{t.seed}:evaluation at step 0")
             log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
         for step in range(start, total):
             step_began, metrics = time.time(), {}
             tasks = [prepared.train[i] for i in schedule.rows(step)]
+            sampler.reseed(f"{t.seed}:sampling at step {step + 1}")  # a resumed run draws what this one drew
             with timed(metrics, "sample"):  # the workflow scores its episodes as it runs them
                 episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)],
                                         sampler)
@@ -127,11 +129,13 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
             metrics["step_time_s"] = time.time() - step_began
             log(done, metrics)
             if prepared.eval and t.eval_steps and done % t.eval_steps == 0 and done != total:
+                sampler.reseed(f"{t.seed}:evaluation at step {done}")
                 log(done, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
             if done % save_every == 0 and done != total:
                 session.save_state(done)
             session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
         if prepared.eval:
+            sampler.reseed(f"{t.seed}:evaluation at step {total}")
             log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)
