@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import yaml
@@ -16,6 +17,8 @@ from fai_rl.cli.train import main
 from fai_rl.config import load_recipe
 from fai_rl.config.schema import WorkflowConfig
 from fai_rl.errors import RecipeError
+from fai_rl.workflows.loop import report_truncations, rollout_metrics
+from fai_rl.workflows.solver_judge import extract_answer
 from fai_rl.workflows import (
     Completion,
     Episode,
@@ -325,7 +328,7 @@ def rllm_judge_prompt(problem, solutions):
         "multiple solutions are correct, output the index of the first correct solution.")
 
 
-def test_the_countdown_recipe_prompts_and_scores_as_rllms_solver_judge(tokenizer):
+def test_the_countdown_recipe_prompts_and_scores_as_rllms_solver_judge(tokenizer, capsys):
     from fai_rl.rewards import recipe_rewards
     from fai_rl.workflows import build_workflow, reward_scorer
     from fai_rl.workflows.data import load_workflow_rows
@@ -359,12 +362,22 @@ def test_the_countdown_recipe_prompts_and_scores_as_rllms_solver_judge(tokenizer
     assert rllm_judge_prompt(question, [f"<answer>{right}</answer>", f"<answer>{wrong}</answer>"]) in judge_seen[0]
     assert rllm_judge_prompt(question, ["No solution found", f"<answer>{right}</answer>"]) in judge_seen[1]
     assert rllm_judge_prompt(question, [f"<answer>{right} = {target}</answer>", f"<answer>{wrong}</answer>"]) in judge_seen[2]
-    assert all(e.metrics["prompts_truncated"] == 0 for e in episodes)
-    # a prompt over data.max_length is cut from the left, counted and reported, never silently
+    assert all(e.metrics["truncated_prompts"] == 0 for e in episodes)
+    # a prompt over data.max_length is cut from the left, counted (prompts and tokens dropped) and said, never silently
     short = type(workflow)(recipe.workflow, workflow.score, max_length=24)
-    with pytest.warns(UserWarning, match=r"2 solver prompt\(s\) longer than data.max_length=24 .* \(2 in this run"):
-        cut = short.run_batch([row] * 2, QueueSampler(tokenizer, solver_texts[:4] + judge_texts[:2]))
-    assert [e.metrics["prompts_truncated"] for e in cut] == [2.0, 2.0] and short.cuts.total == 4
+    sampler = QueueSampler(tokenizer, solver_texts[:4] + judge_texts[:2])
+    cut = short.run_batch([row] * 2, sampler)
+    tags = recipe.workflow.answer_tags
+    full = [[len(render_chat(tokenizer, row["prompt"])), len(render_chat(tokenizer, short.judge_messages(
+        row, [extract_answer(t, tags) for t in solver_texts[i : i + 2]])))] for i in (0, 2)]
+    assert min(map(min, full)) > 24
+    assert [e.metrics["truncated_prompts"] for e in cut] == [2.0, 2.0]
+    assert [e.metrics["truncated_prompt_tokens"] for e in cut] == [sum(f) - 48 for f in full]
+    assert rollout_metrics(cut)["truncated_prompts"] == 4.0  # a step's count is the sum over its episodes
+    assert (short.cuts.run.rows, short.cuts.run.seen) == (4, 4)
+    report_truncations(short)
+    assert re.search(r"note: 4 of 4 prompts the workflow rendered \(train and eval\) longer than data.max_length=24 "
+                     r"tokens were cut from the left \(\d+ tokens dropped; .*raise data.max_length", capsys.readouterr().out)
 
 
 # ---------------------------------------------------------------- end to end: the quickstart learns

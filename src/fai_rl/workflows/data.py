@@ -96,6 +96,6 @@ def describe_workflow(recipe: Recipe, tokenizer, train: list[dict], evaluation: 
                   tokenizer.decode(ids).replace("\n", "\\n")]
     long = sum(len(render_chat(tokenizer, row["prompt"])) > recipe.data.max_length for row in train)
     lines.append(f"solver prompts longer than data.max_length={recipe.data.max_length}: {long} of {len(train)} "
-                 "(cut from the left when sampled, counted per step as prompts_truncated)")
+                 "(cut from the left when sampled, counted per step as truncated_prompts)")
     lines.append(preview_rewards(rewards, train))
     return "\n".join(lines)

@@ -15,17 +15,18 @@ integer of the reply.
 
 Departures from rLLM: a pick outside 1..num_solutions is no pick (rLLM indexes `solutions[k - 1]`, so
 `<answer>0</answer>` picks the last solution); sampling is batched over every episode of a step (one sampler call
-for all the solvers, one for all the judges); a prompt longer than data.max_length is cut from the left, counted
-(`prompts_truncated`, per episode) and reported in a warning, where rLLM masks such episodes out.
+for all the solvers, one for all the judges); a prompt longer than data.max_length is cut from the left (the end holds
+the question and the opened assistant turn), counted per step as truncated_prompts / truncated_prompt_tokens and said
+in one line at the end of the run, where rLLM masks such episodes out.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
 
 from fai_rl.config.schema import WorkflowConfig
+from fai_rl.data.truncation import Truncations
 from fai_rl.workflows.base import Episode, Sampler, Step, Trajectory, render_chat, user_text
 
 Score = Callable[[list[dict], list[str]], list[float]]
@@ -61,26 +62,19 @@ def extract_answer(completion: str, answer_tags: bool = False) -> str:
     return tags[-1].strip() if tags else completion.strip()
 
 
-def render_counted(tokenizer, messages: list[dict], max_length: int | None) -> tuple[list[int], bool]:
-    """(token ids cut to the last max_length, whether anything was cut): no prompt is cut without being counted."""
-    ids = render_chat(tokenizer, messages)
-    return (ids[-max_length:], True) if max_length and len(ids) > max_length else (ids, False)
-
-
 class _Cuts:
-    """Counts the prompts a workflow cut over its life and says so once per batch that cut one."""
+    """A workflow's prompts cut to data.max_length (fai_rl.data.truncation): the run's total in `run` (the loops print
+    its line at the end), each episode's own counts in its truncated_prompts / truncated_prompt_tokens metrics."""
 
     def __init__(self, max_length: int | None):
-        self.max_length, self.total = max_length, 0
+        self.run = Truncations("prompt", max_length)
 
-    def render(self, tokenizer, conversations: list[list[dict]], role: str) -> tuple[list[list[int]], list[bool]]:
-        out = [render_counted(tokenizer, m, self.max_length) for m in conversations]
-        cut = sum(c for _, c in out)
-        if cut:
-            self.total += cut
-            warnings.warn(f"{cut} {role} prompt(s) longer than data.max_length={self.max_length} tokens were cut "
-                          f"from the left ({self.total} in this run so far); raise data.max_length.", stacklevel=3)
-        return [ids for ids, _ in out], [c for _, c in out]
+    def render(self, tokenizer, conversations: list[list[dict]]) -> tuple[list[list[int]], list[Truncations]]:
+        each = [Truncations("prompt", self.run.limit) for _ in conversations]
+        ids = [mine.cut_left(render_chat(tokenizer, m)) for mine, m in zip(each, conversations, strict=True)]
+        for mine in each:
+            self.run.add(mine)
+        return ids, each
 
 
 class SingleWorkflow:
@@ -94,13 +88,13 @@ class SingleWorkflow:
         return self.run_batch([row], sampler)[0]
 
     def run_batch(self, rows: list[dict], sampler: Sampler) -> list[Episode]:
-        prompts, cut = self.cuts.render(sampler.tokenizer, [row["prompt"] for row in rows], "solver")
+        prompts, cut = self.cuts.render(sampler.tokenizer, [row["prompt"] for row in rows])
         completions = [group[0] for group in sampler.sample(prompts, 1)]
         scores = self.score(rows, [c.text for c in completions])
         threshold = self.config.correct_threshold
         return [
             Episode([Trajectory("solver", [Step.from_completion(p, c, s)], s, s >= threshold)],
-                    {"prompts_truncated": float(x)})
+                    x.metrics())
             for p, c, s, x in zip(prompts, completions, scores, cut, strict=True)
         ]
 
@@ -130,7 +124,7 @@ class SolverJudgeWorkflow:
 
     def run_batch(self, rows: list[dict], sampler: Sampler) -> list[Episode]:
         c, tok, k = self.config, sampler.tokenizer, self.config.num_solutions
-        solver_prompts, solver_cut = self.cuts.render(tok, [row["prompt"] for row in rows], "solver")
+        solver_prompts, solver_cut = self.cuts.render(tok, [row["prompt"] for row in rows])
         solutions = sampler.sample(solver_prompts, k)
         answers = [[extract_answer(s.text, c.answer_tags) for s in group] for group in solutions]
         # rLLM scores what the solver answered (its parsed action); so does answer_tags: true
@@ -138,7 +132,7 @@ class SolverJudgeWorkflow:
             s.text for group in solutions for s in group]
         scores = self.score([row for row in rows for _ in range(k)], scored)
         judge_prompts, judge_cut = self.cuts.render(
-            tok, [self.judge_messages(row, group) for row, group in zip(rows, answers, strict=True)], "judge")
+            tok, [self.judge_messages(row, group) for row, group in zip(rows, answers, strict=True)])
         replies = [group[0] for group in sampler.sample(judge_prompts, 1)]
         episodes = []
         for i, (solver_prompt, group, judge_prompt, reply) in enumerate(
@@ -153,8 +147,10 @@ class SolverJudgeWorkflow:
             judge_reward = c.judge_reward * float(picked_right)
             judge = Trajectory("judge", [Step.from_completion(judge_prompt, reply, judge_reward)], judge_reward,
                                picked_right)
+            cut = Truncations("prompt", self.max_length)
+            cut.add(solver_cut[i])
+            cut.add(judge_cut[i])
             metrics = {"solver_acc": sum(correct) / k, "judge_acc": float(picked_right),
-                       "judge_valid_pick": float(pick is not None),
-                       "prompts_truncated": float(solver_cut[i] + judge_cut[i])}
+                       "judge_valid_pick": float(pick is not None), **cut.metrics()}
             episodes.append(Episode([*solvers, judge], metrics))
         return episodes

@@ -34,7 +34,7 @@ from fai_rl.s3 import Uploads
 from fai_rl.schedule import Schedule
 from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
 from fai_rl.workflows.data import describe_workflow, load_workflow_rows
-from fai_rl.workflows.loop import evaluate, rollout_metrics
+from fai_rl.workflows.loop import evaluate, report_truncations, rollout_metrics
 from fai_rl.workflows.samplers import LocalSampler
 
 MICRO_BATCH = 64  # sequences per forward/backward pass of the update
@@ -174,7 +174,8 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
         scheduler.step()
         window.append(metrics)
         if step % t.logging_steps == 0 or step == 1 or step == total:
-            log(step, {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window) for k in window[-1]})
+            log(step, {k: sum(m[k] for m in window if k in m) / (1 if k.startswith("truncated_") else  # counts
+                                                                 sum(k in m for m in window)) for k in window[-1]})
             window = []
         if prepared.eval and t.eval_steps and step % t.eval_steps == 0 and step != total:
             log(step, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
@@ -187,6 +188,7 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
     runtime = time.time() - began
     if prepared.eval:
         log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+    report_truncations(prepared.workflow)  # one line when a prompt was cut to data.max_length
     final = save_final(_saver(model, total), prepared.tokenizer, recipe, run)
     uploads.final(final)
     return run.write_summary(

@@ -35,7 +35,7 @@ from fai_rl.models.load import load_tokenizer
 from fai_rl.schedule import Schedule
 from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
 from fai_rl.workflows.data import describe_workflow, load_workflow_rows
-from fai_rl.workflows.loop import evaluate, rollout_metrics
+from fai_rl.workflows.loop import evaluate, report_truncations, rollout_metrics
 from fai_rl.workflows.samplers import TinkerSampler
 
 HEADLINE = ("reward/solver", "reward/judge", "judge_acc", "eval_solver_pass@1", "eval_judge_accuracy", "step_time_s")
@@ -137,6 +137,7 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
         if prepared.eval:
             sampler.reseed(f"{t.seed}:evaluation at step {total}")
             log(total, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+        report_truncations(prepared.workflow)  # one line when a prompt was cut to data.max_length
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)
         ok = True
