@@ -114,3 +114,25 @@ def test_checkpointing_auto_is_off_where_the_run_fits_and_on_where_it_does_not(r
     assert 0 < tiny < 2 * 2**30  # a 0.8M-parameter model fits any GPU: no recompute
     r.training.per_device_train_batch_size *= 1000
     assert estimated_gpu_bytes(r) > 500 * tiny  # activations grow with the micro-batch: checkpointing turns on
+
+
+def test_long_context_ladder_runs_both_arms_and_fits_memory_per_checkpointing_regime(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_long_context", ROOT / "scripts/bench_long_context.py")
+    long = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(long)
+    out = tmp_path / "long"
+    assert long.main(["--out", str(out), "--shape", "tiny", "--ladder", "64", "--impls", "trl,fai",
+                      "--in-process"]) == 0
+    report = json.loads((out / "long_context.json").read_text())
+    runs = {(r["impl"], r["seq"]): r for r in report["results"]}
+    assert set(runs) == {("trl", 64), ("fai", 64)}
+    for (impl, seq), run in runs.items():
+        assert "error" not in run, run
+        assert run["tokens_per_step"] == seq and run["settings"]["per_device_train_batch_size"] == 1
+    # the fit: only the longest run's regime counts (fai-rl turns checkpointing on past a length)
+    rows = [{"seq": 1000, "peak_gpu_mem_gib": 50.0, "settings": {"gradient_checkpointing": False}},
+            {"seq": 2000, "peak_gpu_mem_gib": 10.0, "settings": {"gradient_checkpointing": True}},
+            {"seq": 4000, "peak_gpu_mem_gib": 14.0, "settings": {"gradient_checkpointing": True}}]
+    fit = long.fit(rows, total_gib=100.0)
+    assert fit["checkpointing"] is True and fit["gib_at_0"] == 6.0
+    assert fit["fits_up_to_tokens"] == int((100 - 2 - 6) / (4 / 2000))
