@@ -278,7 +278,8 @@ def load_causal_lm(model: ModelConfig, padding_free: bool = False):
         path = resolve_model_path(model.base_model_name, model)
     else:  # SFT -> RL: weights only (fai_rl.models.init_from); the policy and a full fine-tune's reference alike
         path = start_weights(model, lambda m: resolve_model_path(m.base_model_name, m))
-        _note_once(f"model.init_from: starting from {model.init_from} ({path}), weights only: fresh optimizer, step 0")
+        _note_once(f"model.init_from: weights from {model.init_from} ({path}), a fresh optimizer at step 0 (with "
+                   "--resume, this run's checkpoint then replaces both)")
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
