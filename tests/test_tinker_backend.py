@@ -188,7 +188,7 @@ def test_gspo_and_ppo_run_and_log_what_they_optimise(tmp_path, tinker_env, algor
     extra = ("training.num_generations=4", "training.per_device_train_batch_size=16",
              "training.drop_zero_variance_groups=true", "tinker.max_steps_off_policy=1",
              "training.log_rollouts_every=3") if algorithm == "gspo" else (
-        "training.per_device_train_batch_size=16", "training.num_ppo_epochs=2")
+        "training.per_device_train_batch_size=16", "training.num_ppo_epochs=2", "data.max_length=30")
     assert run(algorithm, out, tinker_env, "training.max_steps=3", "training.eval_steps=null",
                "training.logging_steps=1", "tinker.download_final=false", "data.eval_datasets=[]", *extra) == 0
     rows = metrics(out)
@@ -196,13 +196,18 @@ def test_gspo_and_ppo_run_and_log_what_they_optimise(tmp_path, tinker_env, algor
     loss = "loss" if algorithm == "gspo" else "policy_loss"  # GSPO's custom loss sees the trainer's log-probs itself
     assert all(abs(r["kl_sample_train"]) < 0.1 and r[loss] == r[loss] and r["entropy"] > 0 for r in rows), rows
     if algorithm == "gspo":  # DAPO's filter: the groups whose 4 rewards are all equal left out of the update
+        assert all(r["truncated_prompts"] == 0 for r in rows)
         assert all(r["groups_dropped"] == round(4 * r["frac_reward_zero_std"]) for r in rows), rows
         # off-policy: batches 2 and 3 were sampled while the step before trained, on weights one step old
         assert [r["off_policy_steps"] for r in rows] == [0.0, 1.0, 1.0]
         staleness = {row["staleness"] for row in map(json.loads, (out / "rollouts" / "step-3.jsonl").open())}
         assert staleness in ({1}, set())  # per sample; set(): every group of step 3 was dropped
-    if algorithm == "ppo":
-        assert "no learned critic on Tinker (no value head)" in capsys.readouterr().out
+    if algorithm == "ppo":  # every 33-token prompt cut to data.max_length 30: counted per step and said once
+        assert [(r["truncated_prompts"], r["truncated_prompt_tokens"]) for r in rows] == [(16, 48)] * 3
+        printed = capsys.readouterr().out
+        assert "note: 48 of 48 train prompts sampled longer than data.max_length=30 tokens were cut from the left " \
+               "(144 tokens dropped" in printed
+        assert "no learned critic on Tinker (no value head)" in printed
         assert "no value head" in json.loads((out / "summary.json").read_text())["critic"]
 
 

@@ -24,6 +24,7 @@ from fai_rl.data.formats import short, with_system, check_messages
 from fai_rl.data.prepare import split_eval
 from fai_rl.data.sources import Source, limit_problems, load_source
 from fai_rl.data.templates import template_answer, template_prompt
+from fai_rl.data.truncation import Truncations
 from fai_rl.errors import DataError
 
 RESERVED = ("prompt", "completion", "completions", "chosen", "rejected")
@@ -242,16 +243,18 @@ def _reply(value) -> str | None:
     return None
 
 
-def render_prompts(tokenizer, rows: list[dict], max_length: int | None = None) -> list[list[int]]:
+def render_prompts(tokenizer, rows: list[dict], max_length: int | None = None,
+                   cuts: Truncations | None = None) -> list[list[int]]:
     """Token ids of each row's prompt through the chat template with the assistant turn opened, left-truncated to
-    max_length with a warning that counts the prompts cut (never silently)."""
+    max_length, never silently: counted into `cuts` (the caller logs and says it), else said in a warning."""
     import warnings
 
     from fai_rl.sampling import render_chat
 
-    full = [render_chat(tokenizer, row["prompt"]) for row in rows]
-    cut = sum(bool(max_length) and len(ids) > max_length for ids in full)
-    if cut:
-        warnings.warn(f"{cut} of {len(rows)} prompts longer than data.max_length={max_length} tokens were cut from "
-                      "the left; raise data.max_length.", stacklevel=2)
-    return [ids[-max_length:] if max_length else ids for ids in full]
+    counted = cuts if cuts is not None else Truncations("prompt", max_length)
+    before = counted.rows
+    out = [counted.cut_left(render_chat(tokenizer, row["prompt"])) for row in rows]
+    if cuts is None and counted.rows:
+        warnings.warn(f"{counted.rows - before} of {len(rows)} prompts longer than data.max_length={max_length} tokens "
+                      "were cut from the left; raise data.max_length.", stacklevel=2)
+    return out

@@ -30,8 +30,9 @@ from fai_rl.backends.tinker.common import (
 from fai_rl.backends.tinker.rl_metrics import batch_metrics, timed
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows, render_prompts
+from fai_rl.data.truncation import Truncations
 from fai_rl.models.load import load_tokenizer
-from fai_rl.sampling import sample_tinker, stop_token_ids
+from fai_rl.sampling import render_chat, sample_tinker, stop_token_ids
 from fai_rl.schedule import Schedule
 
 
@@ -59,9 +60,13 @@ def describe(recipe: Recipe, prepared: PreparedRL, per_step: str) -> str:
     from fai_rl.rewards import preview_rewards
 
     tok, p = prepared.tokenizer, prepared
-    lengths = [len(prompt_ids(tok, row, recipe)) for row in p.train]
+    cuts = Truncations("prompt", recipe.data.max_length)
+    lengths = [len(render_chat(tok, row["prompt"])) for row in p.train]
+    render_prompts(tok, p.train, recipe.data.max_length, cuts)
     lines = [
-        f"prompts: {len(p.train)} train, {len(p.eval)} eval; prompt tokens min {min(lengths)} max {max(lengths)}",
+        f"prompts: {len(p.train)} train, {len(p.eval)} eval; prompt tokens min {min(lengths)} max {max(lengths)}; "
+        f"{cuts.rows} longer than data.max_length={recipe.data.max_length} (cut from the left when sampled, counted "
+        "per step as truncated_prompts)",
         f"per step: {per_step}; LoRA rank {recipe.tinker.lora_rank} on the service",
     ]
     for n, row in enumerate(p.train[:2], start=1):
@@ -72,10 +77,6 @@ def describe(recipe: Recipe, prepared: PreparedRL, per_step: str) -> str:
     if p.resume is not None:
         lines.append(f"resume: from {p.resume.path} (step {p.resume.step})")
     return "\n".join(lines)
-
-
-def prompt_ids(tokenizer, row: dict, recipe: Recipe) -> list[int]:
-    return render_prompts(tokenizer, [row], recipe.data.max_length)[0]
 
 
 @dataclass
@@ -95,12 +96,13 @@ class Sample:
 
 
 def sample(session: TinkerSession, sampler, rows: list[dict], per_prompt: int, prepared: PreparedRL,
-           recipe: Recipe, what: str) -> list[Sample]:
-    """`per_prompt` completions of each row, grouped consecutively; all requests are sent before any is awaited."""
+           recipe: Recipe, what: str, cuts: Truncations) -> list[Sample]:
+    """`per_prompt` completions of each row, grouped consecutively; all requests are sent before any is awaited.
+    Prompts longer than data.max_length are cut from the left and counted into `cuts`."""
     tinker, t, tok = session.tinker, recipe.training, prepared.tokenizer
     params = tinker.SamplingParams(max_tokens=t.max_completion_length, temperature=t.temperature, top_p=t.top_p,
                                    stop=stop_token_ids(tok))
-    prompts = [prompt_ids(tok, row, recipe) for row in rows]
+    prompts = render_prompts(tok, rows, recipe.data.max_length, cuts)
     # seeded from training.seed and `what` ("sampling at step N"): a resumed run draws what the uninterrupted one drew
     seed = zlib.crc32(f"{t.seed}:{what}".encode()) & 0x3FFFFFFF
     groups = sample_tinker(sampler, tinker, tok, prompts, per_prompt, params, session.wait, what, seed)
@@ -176,9 +178,10 @@ def evaluate_reward(session: TinkerSession, sampler, prepared: PreparedRL, recip
     """eval_reward: mean reward of num_generations_eval samples (GRPO default num_generations; PPO 1) per prompt."""
     t = recipe.training
     per_prompt = t.num_generations_eval
-    samples = sample(session, sampler, prepared.eval, per_prompt, prepared, recipe, f"evaluation at step {step}")
+    cuts = Truncations("prompt", recipe.data.max_length)
+    samples = sample(session, sampler, prepared.eval, per_prompt, prepared, recipe, f"evaluation at step {step}", cuts)
     metrics = score(samples, prepared, recipe, per_prompt)
-    return {"eval_reward": metrics["reward"]}
+    return {"eval_reward": metrics["reward"], **{f"eval_{k}": v for k, v in cuts.metrics().items()}}
 
 
 @dataclass
@@ -215,14 +218,18 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
     began, generated, tokens, ok = time.time(), 0, 0, False
     before = session.counters.get("num_tokens", 0)  # a resumed run goes on counting (saved with each state)
     batch_key, batch = None, None
+    cut = Truncations("prompt", recipe.data.max_length)  # the run's prompts cut to data.max_length: one line at the end
 
     def make_batch(step: int, sampler, version: int) -> tuple[dict, tuple[list, list, list], list[Sample]]:
         """Sample, score and weigh the round that starts at `step` on `sampler` (weights after `version` steps)."""
         metrics: dict = {}
         rows = [prepared.train[i] for i in schedule.rows(step)]
+        cuts = Truncations("prompt", recipe.data.max_length)
         with timed(metrics, "sample"):
             samples = sample(session, sampler, rows, algorithm.per_prompt, prepared, recipe,
-                             f"sampling at step {step + 1}")
+                             f"sampling at step {step + 1}", cuts)
+        metrics.update(cuts.metrics())
+        cut.add(cuts)  # one make_batch at a time (the prefetch is submitted after the previous one returned)
         for s in samples:
             s.sampled_at = version
         with timed(metrics, "score"):
@@ -291,6 +298,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
         if prepared.eval:
             log(total, evaluate_reward(session, sampler, prepared, recipe, total))
+        cut.report("train prompts sampled")
         runtime = time.time() - began
         final = session.finish(total, prepared.tokenizer)
         ok = True
