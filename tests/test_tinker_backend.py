@@ -177,7 +177,9 @@ def test_dpo_margin_and_accuracy_rise(tmp_path, tinker_env):
     assert [r["queued_ahead"] for r in metrics(out) if "queued_ahead" in r] == [1.0, 1.0, 0.0]
     assert evals[0]["eval_rewards/margins"] == pytest.approx(0, abs=1e-3)  # the policy starts as the reference
     assert evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"] + 0.02
-    assert evals[-1]["eval_rewards/accuracies"] > 0.5 > evals[0]["eval_rewards/accuracies"]
+    # at step 0 the policy is the reference: margins are 0 up to float noise (~1e-7 where the trainer's forward and
+    # the sampler's log-probs run in different batch shapes), so the share of positive ones is noise, not compared
+    assert evals[-1]["eval_rewards/accuracies"] > 0.5
     print(f"\ntinker DPO: margin {evals[0]['eval_rewards/margins']:.3f} -> {evals[-1]['eval_rewards/margins']:.3f}, "
           f"accuracy -> {evals[-1]['eval_rewards/accuracies']:.3f}, wall {wall:.0f} s")
 
