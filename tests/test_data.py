@@ -632,6 +632,10 @@ def test_truncation_cuts_sequences_and_drops_rows_without_loss(tmp_path, tok):
     assert s.median == 36
     assert data.eval == [] and data.eval_stats is None
     assert "1 dropped" in s.line(30) and "2 longer than data.max_length=30" in s.line(30)
+    # counted for the run (said as a note at the start, logged at step 0): 2 rows, 13 + 6 tokens dropped
+    assert data.truncations.metrics() == {"truncated_rows": 2.0, "truncated_row_tokens": 19.0}
+    assert "2 of 3 examples (train and eval) longer than data.max_length=30 tokens were cut from the right (19 " \
+           "tokens dropped; logged as truncated_rows); raise data.max_length" in data.notes[-1]
 
 
 def test_every_row_losing_its_loss_is_an_error(tmp_path, tok):

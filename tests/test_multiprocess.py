@@ -126,7 +126,7 @@ def test_dpo_under_ddp_on_two_nodes_over_loopback(tmp_path):
         "model": {"base_model_name": "fai-rl/tiny-sft"},
         "data": {"datasets": [{"name": "fai-rl/digits-pairs", "split": "train", "max_samples": 32}],
                  "eval_datasets": [{"name": "fai-rl/digits-pairs", "split": "test", "max_samples": 8}],
-                 "max_length": 64},
+                 "max_length": 36},  # cuts the last token of the 37-token sequences: counted and said once
         "training": {"algorithm": "dpo", "output_dir": str(out), "learning_rate": 1e-4, "max_steps": 3,
                      "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "logging_steps": 1,
                      "save_steps": 100, "bf16": False},
@@ -153,6 +153,11 @@ def test_dpo_under_ddp_on_two_nodes_over_loopback(tmp_path):
     assert s["processes"] == 2 and s["global_step"] == 3
     evals = [m for m in metrics(out) if "eval_rewards/accuracies" in m]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    cut = [m for m in metrics(out) if "truncated_pairs" in m]  # one step-0 row, from the main process only
+    assert [m["step"] for m in cut] == [0] and 0 < cut[0]["truncated_pairs"] <= 40, cut
+    assert f"note: {cut[0]['truncated_pairs']:.0f} of 40 preference pairs (train and eval) longer than " \
+           f"data.max_length=36 tokens were cut from the right ({cut[0]['truncated_pair_tokens']:.0f} tokens" in logs[0]
+    assert "preference pairs (train and eval) longer than" not in logs[1]
 
 
 @pytest.mark.slow

@@ -187,3 +187,25 @@ def test_a_padding_free_dpo_run_learns(tmp_path, monkeypatch):
     assert last["eval_loss"] < first["eval_loss"]
     train = [r for r in rows if "rewards/margins" in r]
     assert train[-1]["rewards/margins"] > train[0]["rewards/margins"]
+
+
+def test_pairs_cut_counts_what_trls_dpo_truncates_and_leaves_out():
+    """fai_rl.backends.local.dpo.pairs_cut on TRL-tokenised columns: keep_start cuts prompt + reply to max_length;
+    a pair whose prompt alone fills it is gone from TRL's dataset (left out)."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from fai_rl.backends.local.dpo import pairs_cut
+
+    def ids(n):
+        return list(range(n))
+
+    train = Dataset.from_dict({"prompt_ids": [ids(4), ids(6), ids(3)], "chosen_ids": [ids(2), ids(7), ids(9)],
+                               "rejected_ids": [ids(3), ids(1), ids(2)]})
+    evaluation = Dataset.from_dict({"prompt_ids": [ids(9)], "chosen_ids": [ids(1)], "rejected_ids": [ids(1)]})
+    cuts = pairs_cut(SimpleNamespace(train_dataset=train, eval_dataset=evaluation), rows=6, max_length=8)
+    # 4+2, 4+3 fit; 6+7 -> 5 over, 6+1 fits; 3+9 -> 4 over, 3+2 fits; 9+1, 9+1 -> 2 + 2 over; 2 pairs left out
+    assert cuts.metrics() == {"truncated_pairs": 3.0, "truncated_pair_tokens": 13.0, "truncated_pairs_left_out": 2.0}
+    assert "3 of 4 pairs longer than data.max_length=8 tokens were cut from the right (13 tokens dropped; logged as " \
+           "truncated_pairs); 2 more left out whole (truncated_pairs_left_out)" in cuts.line()

@@ -117,3 +117,25 @@ def test_render_prompts_cuts_long_prompts_from_the_left_and_says_how_many():
     with pytest.warns(UserWarning, match="1 of 2 prompts longer than data.max_length=32 tokens were cut from the left"):
         cut = render_prompts(tok, rows, 32)
     assert cut == [full[0][-32:], full[1]] and len(full[0]) > 32
+
+
+def test_tinker_dpo_pairs_fit_max_length_and_what_is_cut_is_counted():
+    from fai_rl.backends.tinker.dpo import _pair_tokens
+    from fai_rl.config.schema import ModelConfig
+    from fai_rl.data.truncation import Truncations
+    from fai_rl.models.load import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(base_model_name="fai-rl/tiny-sft"))
+    row = {"prompt": [{"role": "user", "content": "What is 7 + 5?"}],
+           "chosen": [{"role": "assistant", "content": "12, since 7 + 3 = 10 and 2 more is 12."}],
+           "rejected": [{"role": "assistant", "content": "13"}]}
+    whole = _pair_tokens(tok, 4096, Truncations("pair", 4096))(row)
+    prompt, chosen, rejected = len(whole.prompt), len(whole.chosen), len(whole.rejected)
+    cuts = Truncations("pair", prompt + rejected)  # the rejected sequence fits exactly, the chosen one does not
+    pair = _pair_tokens(tok, prompt + rejected, cuts)(row)
+    assert (pair.prompt, pair.rejected, pair.chosen) == (whole.prompt, whole.rejected, whole.chosen[:rejected])
+    assert cuts.metrics() == {"truncated_pairs": 1.0, "truncated_pair_tokens": float(chosen - rejected)}
+    short = Truncations("pair", 10)  # a prompt over the limit keeps its last 9 tokens and each reply its first
+    pair = _pair_tokens(tok, 10, short)(row)
+    assert (pair.prompt, pair.chosen, pair.rejected) == (whole.prompt[-9:], whole.chosen[:1], whole.rejected[:1])
+    assert short.tokens == 2 * (prompt - 9) + (chosen - 1) + (rejected - 1)

@@ -151,7 +151,10 @@ def test_wandb_without_key_writes_offline_run_files_into_output_dir(write_recipe
     out = tmp_path / "wb"
     recipe = tiny_recipe(out, wandb={"enabled": True, "project": "fai-rl-tests", "name": "offline-check"})
     recipe["training"]["max_steps"] = 4
+    recipe["data"]["max_length"] = 38  # the 169 rows of 39 tokens (train and eval) lose one: a step-0 row says so
     assert main(["--recipe", str(write_recipe(recipe))]) == 0
+    cut = [row for row in metrics(out) if "truncated_rows" in row]
+    assert cut == [{"step": 0, "truncated_rows": 169.0, "truncated_row_tokens": 169.0}], cut
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     (run_file,) = run_dir.glob("run-*.wandb")
     records = run_file.read_bytes()  # the offline run log that `wandb sync` uploads

@@ -56,9 +56,11 @@ def test_sft_loss_falls_checkpoints_are_listed_and_the_adapter_loads_and_merges(
     began = time.time()
     assert run("sft", out, tinker_env, "training.max_steps=12", "training.eval_steps=null",
                "training.logging_steps=4", "training.learning_rate=3e-3", "training.warmup_steps=0",
-               "tinker.save_every=6", "data.eval_datasets[0].max_samples=32") == 0
+               "tinker.save_every=6", "data.eval_datasets[0].max_samples=32", "data.max_length=38") == 0
     wall = time.time() - began
     rows = metrics(out)
+    # the 1101 rows of 39 tokens (of 2032, train and eval) lose their last token: a step-0 row, a note at the start
+    assert rows.pop(0) == {"step": 0, "truncated_rows": 1101.0, "truncated_row_tokens": 1101.0}
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     assert len(evals) == 2 and evals[-1] < 0.8 * evals[0], evals
     assert [r["step"] for r in rows if "loss" in r] == [1, 4, 8, 12]
@@ -71,6 +73,8 @@ def test_sft_loss_falls_checkpoints_are_listed_and_the_adapter_loads_and_merges(
     # the recipe's save_total_limit: 1 asks the service to delete state 6 once state 12 is saved; the local server has
     # no delete endpoint, so the run says so once and goes on (the state stays listed, not marked deleted)
     out_text = capsys.readouterr().out
+    assert "1101 of 2032 examples (train and eval) longer than data.max_length=38 tokens were cut from the right" \
+        in out_text
     assert out_text.count("note: training.save_total_limit: the service did not delete") == 1, out_text[-2000:]
     assert listed[0]["path"] in out_text and not listed[0].get("deleted")
     summary = json.loads((out / "summary.json").read_text())

@@ -376,8 +376,9 @@ def test_the_countdown_recipe_prompts_and_scores_as_rllms_solver_judge(tokenizer
     assert rollout_metrics(cut)["truncated_prompts"] == 4.0  # a step's count is the sum over its episodes
     assert (short.cuts.run.rows, short.cuts.run.seen) == (4, 4)
     report_truncations(short)
+    printed = capsys.readouterr().out
     assert re.search(r"note: 4 of 4 prompts the workflow rendered \(train and eval\) longer than data.max_length=24 "
-                     r"tokens were cut from the left \(\d+ tokens dropped; .*raise data.max_length", capsys.readouterr().out)
+                     r"tokens were cut from the left \(\d+ tokens dropped; .*raise data.max_length", printed)
 
 
 # ---------------------------------------------------------------- end to end: the quickstart learns

@@ -22,6 +22,7 @@ from fai_rl.data.formats import (
 )
 from fai_rl.data.sources import Source, limit_problems, load_source
 from fai_rl.data.tokenize import IGNORE, Tokenized, pack_blocks, tokenize_many
+from fai_rl.data.truncation import Truncations
 from fai_rl.errors import DataError
 
 
@@ -58,6 +59,8 @@ class SFTData:
     formats: dict[str, str]  # dataset key -> a kind of fai_rl.data.formats.KINDS
     samples: list[SFTExample] = field(default_factory=list)  # the first rows, for previews
     eval_examples: list[SFTExample] = field(default_factory=list)  # the held-out rows, for reward evals
+    # examples (train and eval) cut to data.max_length: said in notes, logged at step 0 as truncated_rows
+    truncations: Truncations | None = None
     notes: list[str] = field(default_factory=list)  # one line each: rows skipped, null values, how CPT packed
     packed: bool = False  # CPT: train/eval are max_length blocks of concatenated documents
 
@@ -183,14 +186,18 @@ def _load_all(recipe: Recipe, load) -> tuple[list[SFTExample], list[SFTExample],
 def prepare_sft_data(recipe: Recipe, tokenizer) -> SFTData:
     """Load, check, split and tokenise the SFT data of a recipe."""
     train_rows, eval_rows, formats, notes = _load_all(recipe, load_sft_rows)
-    train, train_stats = _tokenize_all(train_rows, tokenizer, recipe)
+    # cut from the right (TRL's keep_start): the prompt stays, the reply's tail goes (fai_rl.data.truncation)
+    cuts = Truncations("row", recipe.data.max_length, side="right")
+    train, train_stats = _tokenize_all(train_rows, tokenizer, recipe, cuts)
     if not train:
         raise DataError(
             f"no training example keeps a loss token within data.max_length={recipe.data.max_length}; raise it."
         )
-    evaluation, eval_stats = _tokenize_all(eval_rows, tokenizer, recipe) if eval_rows else ([], None)
+    evaluation, eval_stats = _tokenize_all(eval_rows, tokenizer, recipe, cuts) if eval_rows else ([], None)
+    if (line := cuts.line("examples (train and eval)")) is not None:
+        notes.append(line)
     return SFTData(train, evaluation, train_stats, eval_stats, formats, samples=train_rows[:2],
-                   eval_examples=eval_rows, notes=notes)
+                   eval_examples=eval_rows, notes=notes, truncations=cuts)
 
 
 def prepare_cpt_data(recipe: Recipe, tokenizer) -> SFTData:
@@ -235,12 +242,13 @@ def split_eval(train_rows: list, eval_rows: list, recipe: Recipe) -> tuple[list,
     return [r for k, r in enumerate(train_rows) if k not in held], [r for k, r in enumerate(train_rows) if k in held]
 
 
-def _tokenize_all(rows: list[SFTExample], tokenizer, recipe: Recipe) -> tuple[list[Tokenized], LengthStats]:
+def _tokenize_all(rows: list[SFTExample], tokenizer, recipe: Recipe,
+                  cuts: Truncations) -> tuple[list[Tokenized], LengthStats]:
     kept, lengths, truncated, dropped, loss_tokens = [], [], 0, 0, 0
     d = recipe.data
     for tok in tokenize_many(rows, tokenizer, d.loss_on, d.max_length, d.dataset_num_proc):
         lengths.append(tok.full_length)
-        truncated += tok.full_length > recipe.data.max_length
+        truncated += cuts.count(tok.full_length, len(tok.input_ids))
         n_loss = sum(label != IGNORE for label in tok.labels)
         if n_loss == 0:
             dropped += 1

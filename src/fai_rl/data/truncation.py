@@ -26,6 +26,7 @@ class Truncations:
     seen: int = 0
     rows: int = 0
     tokens: int = 0  # dropped
+    left_out: int = 0  # rows dropped whole because nothing of use fits (TRL's DPO: a prompt that fills the limit)
 
     def count(self, full: int, kept: int | None = None) -> bool:
         """Record one row of `full` tokens of which `kept` stay (default: as many as the limit allows)."""
@@ -45,17 +46,20 @@ class Truncations:
 
     def metrics(self) -> dict[str, float]:
         """{truncated_<noun>s: rows cut, truncated_<noun>_tokens: tokens dropped} for metrics.jsonl."""
-        return {f"truncated_{self.noun}s": float(self.rows), f"truncated_{self.noun}_tokens": float(self.tokens)}
+        out = {f"truncated_{self.noun}s": float(self.rows), f"truncated_{self.noun}_tokens": float(self.tokens)}
+        return {**out, f"truncated_{self.noun}s_left_out": float(self.left_out)} if self.left_out else out
 
     def line(self, what: str | None = None) -> str | None:
         """One line for the console when anything was cut (None when nothing was)."""
-        if not self.rows:
+        if not self.rows and not self.left_out:
             return None
-        return (f"note: {self.rows} of {self.seen} {what or self.noun + 's'} longer than {self.key}={self.limit} "
+        gone = (f"; {self.left_out} more left out whole (truncated_{self.noun}s_left_out): nothing of use fits"
+                if self.left_out else "")
+        return (f"{self.rows} of {self.seen} {what or self.noun + 's'} longer than {self.key}={self.limit} "
                 f"tokens were cut from the {self.side} ({self.tokens} tokens dropped; logged as "
-                f"truncated_{self.noun}s); raise {self.key} to keep them whole.")
+                f"truncated_{self.noun}s){gone}; raise {self.key} to keep them whole.")
 
     def report(self, what: str | None = None) -> None:
-        """Print line() when anything was cut."""
+        """Print line() as a note when anything was cut."""
         if (text := self.line(what)) is not None:
-            print(text, flush=True)
+            print(f"note: {text}", flush=True)

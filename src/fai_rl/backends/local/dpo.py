@@ -25,7 +25,9 @@ from fai_rl.backends.local.common import (
     trainer_arguments,
 )
 from fai_rl.config.schema import Recipe
+from fai_rl.backends.local.sft import TruncationsLogged
 from fai_rl.data.rl import load_preference_rows
+from fai_rl.data.truncation import Truncations
 from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config, use_padding_free
 
 
@@ -107,4 +109,24 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir, callbacks: list | 
         peft_config=lora_config(recipe.model),
         callbacks=[MetricsCallback(run), *(callbacks or [])],  # extra: e.g. scripts/bench.py's step timer
     )
+    cuts = pairs_cut(trainer, len(prepared.train) + len(prepared.eval), recipe.data.max_length)
+    if trainer.is_world_process_zero():
+        cuts.report("preference pairs (train and eval)")
+    trainer.add_callback(TruncationsLogged(run, cuts))  # truncated_pairs at step 0
     return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)
+
+
+def pairs_cut(trainer, rows: int, max_length: int) -> Truncations:
+    """What TRL's DPOTrainer cuts (keep_start: each prompt + reply to its first max_length tokens) and leaves out
+    (pairs whose prompt alone fills max_length), read from the datasets it tokenised."""
+    cuts = Truncations("pair", max_length, side="right")
+    kept = 0
+    for ds in (trainer.train_dataset, trainer.eval_dataset):
+        if ds is None:
+            continue
+        for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True):
+            kept_tokens = min(len(p) + len(c), max_length) + min(len(p) + len(r), max_length)
+            cuts.count(2 * len(p) + len(c) + len(r), kept_tokens)
+        kept += len(ds)
+    cuts.left_out = rows - kept
+    return cuts

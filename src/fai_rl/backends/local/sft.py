@@ -125,7 +125,7 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir, callbacks: list | 
         eval_dataset=as_dataset(d.eval) if has_eval else None,
         processing_class=prepared.tokenizer,
         peft_config=lora_config(recipe.model),
-        callbacks=[MetricsCallback(run), *(callbacks or [])],  # extra: e.g. scripts/bench.py's step timer
+        callbacks=[MetricsCallback(run), TruncationsLogged(run, d.truncations), *(callbacks or [])],
     )
     if padding_free and not packing:
         trainer.data_collator = PaddedWhenEven(trainer.data_collator)
@@ -153,6 +153,19 @@ class PaddedWhenEven:
             return self.inner(examples)
         finally:
             self.inner.padding_free = True
+
+
+class TruncationsLogged(TrainerCallback):
+    """The rows data.max_length cut (fai_rl.data.truncation, said at the start) as a step-0 row of metrics.jsonl:
+    truncated_rows / truncated_row_tokens (SFT), truncated_pairs / truncated_pair_tokens (DPO); a resumed run has it."""
+
+    def __init__(self, run: RunDir, cuts):
+        self.run, self.cuts = run, cuts
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step == 0 and self.cuts is not None and \
+                (self.cuts.rows or self.cuts.left_out):
+            self.run.log_metrics(0, self.cuts.metrics())
 
 
 class RewardEvalCallback(TrainerCallback):

@@ -28,6 +28,7 @@ from fai_rl.backends.tinker.common import (
 )
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_preference_rows
+from fai_rl.data.truncation import Truncations
 from fai_rl.models.load import load_tokenizer
 from fai_rl.progress import stop_requested
 from fai_rl.rl_math import dpo_losses
@@ -53,6 +54,7 @@ class PreparedDPO:
     eval: list[Pair]
     rows: list[dict]  # the first train rows, for --dry-run
     resume: TinkerResume | None
+    truncations: Truncations  # pairs cut to data.max_length (train and eval): said at the start, logged at step 0
 
 
 def prepare(recipe: Recipe, resume: str | None) -> PreparedDPO:
@@ -60,24 +62,30 @@ def prepare(recipe: Recipe, resume: str | None) -> PreparedDPO:
     resume_point = find_tinker_resume(recipe, resume)
     tokenizer = load_tokenizer(recipe.model)
     train, evaluation = load_preference_rows(recipe)
-    to_pair = _pair_tokens(tokenizer, recipe.data.max_length)
+    cuts = Truncations("pair", recipe.data.max_length, side="right of each reply (a prompt over it keeps its end)")
+    to_pair = _pair_tokens(tokenizer, recipe.data.max_length, cuts)
     return PreparedDPO(tokenizer, [to_pair(r) for r in train], [to_pair(r) for r in evaluation], train[:2],
-                       resume_point)
+                       resume_point, cuts)
 
 
-def _pair_tokens(tokenizer, max_length: int):
+def _pair_tokens(tokenizer, max_length: int, cuts: Truncations):
+    """Each sequence (prompt + one reply) within max_length: the prompt keeps its last max_length - 1 tokens, each
+    reply at least its first token; what is cut is counted into `cuts` (both sequences' tokens)."""
     def render(messages, generation_prompt=False):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
                                              return_dict=True)["input_ids"]
 
     def to_pair(row: dict) -> Pair:
         prompt = render(row["prompt"], generation_prompt=True)
-        replies = []
+        replies, whole = [], 0
         for side in ("chosen", "rejected"):
             full = render(row["prompt"] + row[side])
             reply = full[len(prompt) :] if full[: len(prompt)] == prompt else full[len(prompt) :]
+            whole += len(prompt) + len(reply)
             replies.append(reply[: max(1, max_length - len(prompt))])
-        return Pair(prompt[-(max_length - 1) :], *replies)
+        pair = Pair(prompt[-(max_length - 1) :], *replies)
+        cuts.count(whole, 2 * len(pair.prompt) + len(pair.chosen) + len(pair.rejected))
+        return pair
 
     return to_pair
 
@@ -148,6 +156,9 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
     tinker, log = session.tinker, StepLog(run, total, HEADLINE)
     save_every = recipe.tinker.save_every
     began, tokens = time.time(), 0
+    prepared.truncations.report("preference pairs (train and eval)")
+    if start == 0 and prepared.truncations.rows:
+        log(0, prepared.truncations.metrics())
     before = session.counters.get("num_tokens", 0)  # a resumed run goes on counting (saved with each state)
     ok = False
     try:

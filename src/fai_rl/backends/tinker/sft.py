@@ -85,6 +85,8 @@ def train(recipe: Recipe, prepared: PreparedSFT, run: RunDir) -> dict:
     save_every = recipe.tinker.save_every
     for note in data.notes:
         print(f"data: {note}", flush=True)
+    if start == 0 and data.truncations is not None and data.truncations.rows:  # said in the notes above
+        log(0, data.truncations.metrics())
     if recipe.rewards:  # the local backend scores greedy held-out replies with them at each evaluation
         print("tinker: rewards are not scored during SFT on the Tinker backend (eval_loss only); score the run "
               "afterwards with fai-rl-eval, which samples its tinker:// sampler weights", flush=True)
