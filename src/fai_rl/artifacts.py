@@ -42,6 +42,25 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+# Files HF Trainer needs to continue a run exactly (optimizer, schedule, data position, RNG). Under DeepSpeed the
+# optimizer (and, for PPO, the whole engine) is in DeepSpeed's own sharded checkpoint instead: `latest` names it.
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+DEEPSPEED_STATE = "latest"
+
+
+def missing_resume_files(path: Path, weights_only: bool = False) -> list[str]:
+    """What a checkpoint dir lacks to resume from it (empty when complete), plain or DeepSpeed.
+
+    weights_only: a checkpoint saved with training.save_only_model needs only trainer_state.json (written last, so
+    its presence says the weights are complete too).
+    """
+    if weights_only:
+        needed = ["trainer_state.json"]
+    else:
+        needed = [f for f in RESUME_FILES if not ((path / DEEPSPEED_STATE).exists() and f == "optimizer.pt")]
+    return [f for f in needed if not (path / f).exists()]
+
+
 def check_output_dir(recipe: Recipe, resuming: bool) -> None:
     """Refuse to start a fresh run on top of an earlier one unless asked to (nothing is written here)."""
     out = Path(recipe.training.output_dir)

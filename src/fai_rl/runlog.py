@@ -105,12 +105,14 @@ def stop_log() -> None:
         _CURRENT = None
 
 
-def call_teed(command: list[str], env: dict[str, str], started: Path) -> int:
+def call_teed(command: list[str], env: dict[str, str], started: Path, on_start=None) -> int:
     """Run `command` with its output copied through this process's (teed) stdout; the log opens once `started`
-    (the run's recipe.resolved.yaml) is written by a child after this call began."""
+    (the run's recipe.resolved.yaml) is written by a child after this call began. `on_start(proc)` is told the child."""
     began = time.time()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
+    if on_start is not None:
+        on_start(proc)
     try:
         for raw in iter(proc.stdout.readline, b""):
             if _CURRENT is not None and _CURRENT._file is None and _mtime(started) >= began - 0.5:

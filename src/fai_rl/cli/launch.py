@@ -12,12 +12,14 @@ import importlib.util
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fai_rl.artifacts import checkpoints, missing_resume_files
 from fai_rl.config.deepspeed import deepspeed_config_path
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
@@ -185,12 +187,62 @@ def accelerate_command(recipe: Recipe, plan: LaunchPlan, child_argv: list[str]) 
     return [*cmd, "--module", "fai_rl.cli.train", *child_argv]
 
 
-def relaunch(plan: LaunchPlan, started: Path) -> int:
-    """Run the accelerate command and wait, its output copied into the run's log; its exit code is ours."""
+def relaunch(plan: LaunchPlan, recipe: Recipe, command: list[str]) -> int:
+    """Run the accelerate command and wait, its output copied into the run's log; its exit code is ours.
+
+    SIGTERM to this process (`kill PID` of a --nohup run) asks every rank for a clean stop through output_dir/STOP, as
+    `fai-rl-runs stop` does; a second one ends the processes at once. Without this the launcher died alone and its
+    ranks died on the broken pipe of their output, with no checkpoint. When the ranks fail (one killed, out of
+    memory, an error), torchrun's agent ends the others (SIGTERM, SIGKILL after 30 s), and this process says once
+    which checkpoint is the last complete one and how to continue from it.
+    """
+    from fai_rl.progress import STOP_FILE
     from fai_rl.runlog import call_teed
 
+    out = Path(recipe.training.output_dir)
+    child: list[subprocess.Popen] = []
+
+    def on_term(signum, frame) -> None:
+        if (out / STOP_FILE).exists() and child:
+            print("SIGTERM again: ending the run's processes now", file=sys.stderr, flush=True)
+            child[0].terminate()
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STOP_FILE).write_text(f"SIGTERM to the launcher (pid {os.getpid()})\n")
+        print("SIGTERM: every process stops after this step, once a checkpoint is written (SIGTERM again to end "
+              "them at once)", file=sys.stderr, flush=True)
+
     print(f"launching: {plan.describe()}", flush=True)
-    return call_teed(plan.command, {**os.environ, **plan.env}, started)
+    before = signal.signal(signal.SIGTERM, on_term)
+    began = time.time()
+    try:
+        code = call_teed(plan.command, {**os.environ, **plan.env}, out / "recipe.resolved.yaml", child.append)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    if code != 0 and _mtime(out / "recipe.resolved.yaml") >= began - 0.5:  # the run had started: not a refused recipe
+        print(failure_message(recipe, code, command), file=sys.stderr, flush=True)
+    return code
+
+
+def failure_message(recipe: Recipe, code: int, command: list[str]) -> str:
+    """One closing line for a multi-process run that failed: exit code, last complete checkpoint, the --resume command."""
+
+    out = Path(recipe.training.output_dir)
+    complete = [c for c in checkpoints(out) if not missing_resume_files(c, recipe.training.save_only_model)]
+    head = (f"fai-rl-train: the run failed (exit code {code}): a process ended early (killed, out of memory, or the "
+            "error above) and the others were stopped with it.")
+    if not complete:
+        return (f"{head} No complete checkpoint in {out}; start again with training.overwrite_output_dir=true "
+                "(or another output_dir).")
+    again = [a for a in command if a != "--resume"] + ["--resume"]
+    return f"{head} Last complete checkpoint: {complete[-1]}\ncontinue with: {shlex.join(again)}"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def detach(recipe: Recipe, child_argv: list[str]) -> tuple[int, Path, Path]:

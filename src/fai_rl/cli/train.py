@@ -144,7 +144,7 @@ def _run_recipe(args: argparse.Namespace, argv: list[str], recipe, launched: boo
               f"pid in {pid_file}")
         return 0
     if plan is not None and plan.command is not None:
-        return relaunch(plan, Path(recipe.training.output_dir) / "recipe.resolved.yaml")
+        return relaunch(plan, recipe, ["fai-rl-train", *child_argv])
     if plan is not None:
         os.environ.update(plan.env)  # before torch sees CUDA
         print(f"fai-rl-train: {plan.describe()}", flush=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import TrainerCallback, TrainingArguments
 
 from fai_rl.algorithms import spec_of
-from fai_rl.artifacts import RunDir, checkpoints
+from fai_rl.artifacts import DEEPSPEED_STATE, RunDir, checkpoints, missing_resume_files
 from fai_rl.config.deepspeed import resolve_deepspeed_config
 from fai_rl.config.schema import Recipe
 from fai_rl.errors import BackendError, RecipeError
@@ -33,24 +33,6 @@ _CHECKPOINTING_ARG = (
     "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
     else "gradient_checkpointing"
 )
-
-# Files HF Trainer needs to continue a run exactly (optimizer, schedule, data position, RNG). Under DeepSpeed the
-# optimizer (and, for PPO, the whole engine) is in DeepSpeed's own sharded checkpoint instead: `latest` names it.
-RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
-DEEPSPEED_STATE = "latest"
-
-
-def missing_resume_files(path: Path, weights_only: bool = False) -> list[str]:
-    """What a checkpoint dir lacks to resume from it (empty when complete), plain or DeepSpeed.
-
-    weights_only: a checkpoint saved with training.save_only_model needs only trainer_state.json (written last, so
-    its presence says the weights are complete too).
-    """
-    if weights_only:
-        needed = ["trainer_state.json"]
-    else:
-        needed = [f for f in RESUME_FILES if not ((path / DEEPSPEED_STATE).exists() and f == "optimizer.pt")]
-    return [f for f in needed if not (path / f).exists()]
 
 
 def start_cpu_processes() -> bool:
