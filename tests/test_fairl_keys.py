@@ -215,7 +215,8 @@ def test_wandb_base_url_becomes_wandb_base_url_unless_the_environment_has_one(wr
 # ---- PPO: gradient_accumulation_steps sizes the rollout (TRL's PPO meaning)
 
 
-def test_ppo_rollout_is_per_device_times_gradient_accumulation(write_recipe, tmp_path, monkeypatch, one_thread):
+def test_ppo_rollout_is_per_device_times_gradient_accumulation(write_recipe, tmp_path, monkeypatch, one_thread,
+                                                              capsys, recwarn):
     from fai_rl.backends.local import ppo
     from fai_rl.cli.train import main
 
@@ -235,7 +236,8 @@ def test_ppo_rollout_is_per_device_times_gradient_accumulation(write_recipe, tmp
     out = tmp_path / "ppo"
     recipe = {
         "model": {"base_model_name": "fai-rl/tiny"},
-        "data": {"datasets": [{"name": "fai-rl/arithmetic", "split": "train", "max_samples": 64}]},
+        "data": {"datasets": [{"name": "fai-rl/arithmetic", "split": "train", "max_samples": 64}],
+                 "max_length": 34},  # the 38 prompts of 35 tokens lose their first: counted, said once
         "training": {
             "algorithm": "ppo", "output_dir": str(out), "learning_rate": 1e-3, "max_steps": 2,
             "per_device_train_batch_size": 2, "gradient_accumulation_steps": 3, "num_mini_batches": 1,
@@ -245,6 +247,12 @@ def test_ppo_rollout_is_per_device_times_gradient_accumulation(write_recipe, tmp
     }
     assert main(["--recipe", str(write_recipe(recipe))]) == 0
     assert rollouts == [6, 6]  # per_device 2 x gradient_accumulation_steps 3 prompts a step
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0]) == {
+        "step": 0, "truncated_prompts": 38.0, "truncated_prompt_tokens": 38.0}
+    printed = capsys.readouterr()
+    assert "note: 38 of 64 PPO prompts (train and eval; cut each time they are sampled) longer than " \
+           "data.max_length=34 tokens were cut from the left (38 tokens dropped" in printed.out
+    assert not [w for w in recwarn if "longer than data.max_length" in str(w.message)]  # no per-batch warning
     # each step: the rollout's forward passes and the one mini-batch's accumulation, both in micro-batches of 2
     assert forwards == [(False, 2)] * 3 + [(True, 2)] * 3 + [(False, 2)] * 3 + [(True, 2)] * 3, forwards
     assert json.loads((out / "summary.json").read_text())["global_step"] == 2

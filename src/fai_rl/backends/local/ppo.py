@@ -55,6 +55,7 @@ from fai_rl.backends.local.ppo_models import PolicyAndCritic, critic_name  # noq
 from fai_rl.backends.local.ppo_run import PPORun, PreparedPPO, Rollout, rollout_size  # noqa: F401
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import render_prompts
+from fai_rl.data.truncation import Truncations
 from fai_rl.models.load import load_tokenizer
 from fai_rl.rl_math import (  # noqa: F401
     compute_gae,
@@ -146,6 +147,13 @@ def train(recipe: Recipe, prepared: PreparedPPO, run: RunDir) -> dict | None:
         if main:
             run.log_metrics(step, metrics, total=ppo.max_steps)  # and the progress line (fai_rl.progress)
 
+    # prompts are cut to data.max_length (from the left) each time they are sampled: counted over the data, said once
+    cuts = Truncations("prompt", recipe.data.max_length)
+    render_prompts(ppo.tokenizer, prepared.train_rows + prepared.eval_rows, cuts=cuts)
+    if main:
+        cuts.report("PPO prompts (train and eval; cut each time they are sampled)")
+    if cuts.rows and prepared.resume is None:
+        log(0, cuts.metrics())
     has_eval = bool(prepared.eval_rows)
     if has_eval and prepared.resume is None:
         log(0, ppo.evaluate(prepared.eval_rows))

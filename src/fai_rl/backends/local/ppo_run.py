@@ -29,7 +29,7 @@ from fai_rl.backends.local.ppo_models import (
 )
 from fai_rl.config.deepspeed import is_zero3, resolve_deepspeed_config
 from fai_rl.config.schema import Recipe
-from fai_rl.data.rl import render_prompts
+from fai_rl.data.rl import Truncations, render_prompts
 from fai_rl.decode import GraphDecoder, Knobs
 from fai_rl.models.load import accelerator, use_bf16, use_fast_generation
 from fai_rl.rl_math import (
@@ -170,7 +170,7 @@ class PPORun:
         """(prompt_ids_bs, prompt_mask_bs, completion_ids_bt) with prompts left-padded for generation."""
         from transformers import GenerationConfig
 
-        prompts = render_prompts(self.tokenizer, rows, self.recipe.data.max_length)
+        prompts = render_prompts(self.tokenizer, rows, cuts=Truncations("prompt", self.recipe.data.max_length))
         batch = self.tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
         ids_bs = batch["input_ids"].to(self.accelerator.device)
         mask_bs = batch["attention_mask"].to(self.accelerator.device)
