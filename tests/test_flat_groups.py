@@ -73,3 +73,22 @@ def test_a_batch_of_flat_groups_makes_no_optimizer_step(tmp_path):
         if drop:
             assert first_step(out)["groups_dropped"] == 4
     assert moved[True] == 0 and moved[False] > 1e-4, moved
+
+
+def test_a_workflow_step_of_flat_groups_makes_no_update(tmp_path, capsys):
+    # workflows group per task and role (fai_rl.workflows.grouping.drop_flat_groups): the untrained fai-rl/tiny never
+    # solves nor judges right, so the solver and judge groups of every task are flat and the weights stay as they were
+    from transformers import AutoModelForCausalLM
+
+    from fai_rl.models.load import resolve_model_path
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("fai-rl/tiny")).state_dict()
+    out = tmp_path / "solver_judge"
+    assert main(["--recipe", str(ROOT / "recipes/quickstart/solver_judge.yaml"), f"training.output_dir={out}",
+                 "model.base_model_name=fai-rl/tiny", "training.drop_zero_variance_groups=true", "training.max_steps=1",
+                 "training.per_device_train_batch_size=4", "data.eval_datasets=[]"]) == 0
+    (row,) = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward/judge" in r]
+    tasks = int(capsys.readouterr().out.split("tasks x")[0].rsplit(" ", 2)[-2])
+    assert row["reward/solver"] == row["reward/judge"] == 0 and row["groups_dropped"] == 2 * tasks, row
+    final = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
+    assert all(final[k].equal(base[k]) for k in base)

@@ -17,6 +17,7 @@ from fai_rl.cli.train import main
 from fai_rl.config import load_recipe
 from fai_rl.config.schema import WorkflowConfig
 from fai_rl.errors import RecipeError
+from fai_rl.workflows.grouping import drop_flat_groups
 from fai_rl.workflows.loop import report_truncations, rollout_metrics
 from fai_rl.workflows.solver_judge import extract_answer
 from fai_rl.workflows import (
@@ -163,6 +164,12 @@ def test_trajectory_grouping_compares_each_role_within_its_task():
     assert [x.advantage for x in scored[6:]] == [0.0] * 6  # task 1: no spread, nothing to learn
     plain = step_advantages(episodes, [0, 0, 1, 1], "trajectory", norm_by_std=False)
     assert [x.advantage for x in plain[:6]] == pytest.approx([0.75, -0.25, 0.5, -0.25, -0.25, -0.5])
+    # training.drop_zero_variance_groups: groups per task and role; task 1's solvers (1,1,1,1) and judges (1,1) go
+    kept, dropped = drop_flat_groups(scored)
+    assert dropped == 2 and kept == scored[:6]
+    flat_judges = [_sj_episode([1, 0], 1), _sj_episode([0, 1], 1)]  # task 0: solvers vary, both judges right
+    kept, dropped = drop_flat_groups(step_advantages(flat_judges, [0, 0], "trajectory", norm_by_std=True))
+    assert dropped == 1 and [x.role for x in kept] == ["solver"] * 4
 
 
 def test_step_grouping_uses_each_steps_own_reward_where_trajectory_grouping_broadcasts():
@@ -176,6 +183,7 @@ def test_step_grouping_uses_each_steps_own_reward_where_trajectory_grouping_broa
     assert [x.advantage for x in by_trajectory] == pytest.approx([1, 1, -1, -1])  # [1, 0] -> +-1, on every step
     by_step = step_advantages(episodes, [0, 0], "step", norm_by_std=True)
     assert [x.advantage for x in by_step] == pytest.approx([1, 0, -1, 0])  # step 0: [1, 0]; step 1: [0, 0]
+    assert drop_flat_groups(by_step) == ([by_step[0], by_step[2]], 1)  # with grouping step, per position
 
 
 # ---------------------------------------------------------------- evaluation
@@ -434,11 +442,12 @@ def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_
             "tinker.lora_rank=8", "tinker.download_final=false", f"training.output_dir={out}",
             "training.learning_rate=2e-3", "training.max_steps=2", "training.per_device_train_batch_size=16",
             "training.logging_steps=1", "data.datasets[0].max_samples=8", "data.eval_datasets=[]",
-            "tinker.save_every=1"]
+            "tinker.save_every=1", "training.drop_zero_variance_groups=true"]
     assert main(args) == 0
     rows = [r for r in metrics(out) if "reward/judge" in r]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0 <= r["reward/solver"] <= 1 and 0 <= r["reward/judge"] <= 1 and r["step_time_s"] > 0 for r in rows)
+    assert all(0 <= r["groups_dropped"] <= 2 * 16 for r in rows)  # flat groups per task and role left out
     # the RL driver's metrics through the shared update path, and a transcript of both roles at step 1
     assert all(abs(r["kl_sample_train"]) < 0.01 and r["time/sample"] > 0 and r["time/train"] > 0 and "loss" in r
                for r in rows)

@@ -130,7 +130,10 @@ class DataConfig:
     eval_split_ratio: float = _f(
         0.0, help="Hold out this fraction of the training rows for evaluation when no eval_datasets are given."
     )
-    max_length: int = _f(1024, help="Longest tokenised example; longer ones are truncated (counted in --dry-run).")
+    max_length: int = _f(1024, help="Longest tokenised example; longer ones are truncated, never silently: counted in "
+                         "--dry-run, said in one note per run and logged as truncated_* in metrics.jsonl (SFT rows and "
+                         "DPO pairs lose their end, sampled prompts their start; the local GRPO/GSPO/RLOO trainers "
+                         "(TRL) cut no prompt).")
     system_prompt: Optional[str] = _f(
         None,
         help="System message put first in every conversation that does not already have one. With dataset_columns "

@@ -164,7 +164,8 @@ class TrainingConfig:
         "DAPO's dynamic sampling filters them (without resampling); logged as groups_dropped (a count per batch). "
         "No optimizer step when every group is flat; the loss is normalised over the kept tokens / sequences only. "
         "Tinker: fewer tokens sent (batches of varying size). Local: the flat rows are masked out of TRL's loss (they "
-        "still cost their forward pass).",
+        "still cost their forward pass). Workflows (both backends): a group is one role's trajectories of one task "
+        "(or steps at one position, with workflow.grouping step).",
     )
     steps_per_generation: Optional[int] = _f(
         None, help="GRPO/GSPO: optimizer steps per generation round (null: gradient_accumulation_steps)."

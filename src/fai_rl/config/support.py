@@ -231,8 +231,8 @@ KEYS: dict[str, Support] = {
     "training.scale_rewards": Support(algorithms=GROUP_NORMALISED, maps_to="GRPOConfig.scale_rewards"),
     "training.drop_zero_variance_groups": Support(
         algorithms=RL, maps_to="DAPO dynamic sampling's filter (Tinker RL driver; local: "
-        "fai_rl.backends.local.flat_groups over TRL's GRPOTrainer / RLOOTrainer)",
-        inert_when=lambda r: "not read by workflows" if r.workflow.type != "single" else None),
+        "fai_rl.backends.local.flat_groups over TRL's GRPOTrainer / RLOOTrainer; workflows: per task and role, "
+        "fai_rl.workflows.grouping.drop_flat_groups)"),
     "training.num_iterations": Support(algorithms=RL, maps_to="GRPOConfig.num_iterations"),
     "training.steps_per_generation": _fai(*RL, backends=("local",), maps_to="GRPOConfig.steps_per_generation"),
     "training.mask_truncated_completions": _local(*RL, maps_to="GRPOConfig.mask_truncated_completions"),

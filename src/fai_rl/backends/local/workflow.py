@@ -17,6 +17,7 @@ what an uninterrupted run would carry on with (fai_rl.backends.local.loop_checkp
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ from fai_rl.rl_math import sequence_ratio_loss, token_policy_loss
 from fai_rl.s3 import Uploads
 from fai_rl.schedule import Schedule
 from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
+from fai_rl.workflows.grouping import drop_flat_groups
 from fai_rl.workflows.data import describe_workflow, load_workflow_rows
 from fai_rl.workflows.loop import evaluate, report_truncations, rollout_metrics
 from fai_rl.workflows.samplers import LocalSampler
@@ -167,11 +169,15 @@ def train(recipe: Recipe, prepared: PreparedWorkflow, run: RunDir) -> dict:
         episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)], sampler)
         scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
                                  w.norm_adv_by_std)
-        tokens += sum(len(s.step.prompt_tokens) + len(s.step.completion_tokens) for s in scored)
         metrics = {**rollout_metrics(episodes), "learning_rate": scheduler.get_last_lr()[0]}
-        for _ in range(t.num_iterations):
+        if t.drop_zero_variance_groups:  # DAPO's filter: groups whose rewards are all equal teach nothing
+            scored, metrics["groups_dropped"] = drop_flat_groups(scored)
+        tokens += sum(len(s.step.prompt_tokens) + len(s.step.completion_tokens) for s in scored)
+        for _ in range(t.num_iterations if scored else 0):  # every group flat: no optimizer step
             metrics.update(update(model, optimizer, scored, recipe))
-        scheduler.step()
+        with warnings.catch_warnings():  # the schedule follows the step count, with or without an update
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
+            scheduler.step()
         window.append(metrics)
         if step % t.logging_steps == 0 or step == 1 or step == total:
             log(step, {k: sum(m[k] for m in window if k in m) / (1 if k.startswith("truncated_") else  # counts

@@ -34,6 +34,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.models.load import load_tokenizer
 from fai_rl.schedule import Schedule
 from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
+from fai_rl.workflows.grouping import drop_flat_groups
 from fai_rl.workflows.data import describe_workflow, load_workflow_rows
 from fai_rl.workflows.loop import evaluate, report_truncations, rollout_metrics
 from fai_rl.workflows.samplers import TinkerSampler
@@ -118,9 +119,13 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
             metrics.update(rollout_metrics(episodes), learning_rate=schedule.learning_rate(step))
             samples, per_token = as_samples(scored)
             metrics.update(batch_metrics(samples, [s.advantage for s in scored], per_prompt=1))
+            if t.drop_zero_variance_groups:  # DAPO's filter: groups whose rewards are all equal teach nothing
+                kept, metrics["groups_dropped"] = drop_flat_groups(scored)
+                samples, per_token = as_samples(kept)
             # num_iterations updates at this step's learning rate, as the local workflow loop makes them
-            with timed(metrics, "train"):
-                metrics.update(update_policy(session, recipe, samples, per_token, step, t.num_iterations))
+            if samples:  # every group dropped: no update this step
+                with timed(metrics, "train"):
+                    metrics.update(update_policy(session, recipe, samples, per_token, step, t.num_iterations))
             done = step + 1
             if due(done, t.log_rollouts_every):
                 write_transcript(run.path, done, transcript_rows(prepared.tokenizer, scored))
