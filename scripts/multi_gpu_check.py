@@ -268,7 +268,7 @@ def add_comparisons(rows: list[dict]) -> None:
             r["scaling"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
         if adapter == "packed" and parallel != "1gpu" and base and r.get("losses"):
             diff = max(abs(a - b) / abs(b) for a, b in zip(r["losses"], base["losses"], strict=False))
-            r["parity_max_rel_diff"] = round(diff, 5)
+            r["parity_max_rel_diff"] = float(f"{diff:.2e}")
             r["parity_ok"] = diff < 0.02
             r["ok"] = r["ok"] and r["parity_ok"]
 
@@ -283,7 +283,7 @@ def table(rows: list[dict], header: str) -> str:
                          "see the run's log |")
             continue
         scale = f"{r['scaling']:.2f}×" if r.get("scaling") else ""
-        note = (f"step loss within {100 * r['parity_max_rel_diff']:.2f}% of 1 GPU" if "parity_max_rel_diff" in r
+        note = (f"step losses vs 1 GPU: max rel. diff {r['parity_max_rel_diff']:.1e}" if "parity_max_rel_diff" in r
                 else "")
         lines.append(
             f"| {r['algorithm']} | {r['engine']} | {r['processes']} | {'yes' if r['ok'] else 'NO'} | "

@@ -226,7 +226,6 @@ def relaunch(plan: LaunchPlan, recipe: Recipe, command: list[str]) -> int:
 
 def failure_message(recipe: Recipe, code: int, command: list[str]) -> str:
     """One closing line for a multi-process run that failed: exit code, last complete checkpoint, the --resume command."""
-
     out = Path(recipe.training.output_dir)
     complete = [c for c in checkpoints(out) if not missing_resume_files(c, recipe.training.save_only_model)]
     head = (f"fai-rl-train: the run failed (exit code {code}): a process ended early (killed, out of memory, or the "
@@ -234,7 +233,15 @@ def failure_message(recipe: Recipe, code: int, command: list[str]) -> str:
     if not complete:
         return (f"{head} No complete checkpoint in {out}; start again with training.overwrite_output_dir=true "
                 "(or another output_dir).")
-    again = [a for a in command if a != "--resume"] + ["--resume"]
+    again, skip = [], False
+    for arg in command:  # the command without its own --resume [PATH]: the latest complete checkpoint is the one
+        if skip and not arg.startswith("-") and "=" not in arg:
+            skip = False
+            continue
+        skip = arg == "--resume"
+        if not skip and not arg.startswith("--resume="):
+            again.append(arg)
+    again.append("--resume")
     return f"{head} Last complete checkpoint: {complete[-1]}\ncontinue with: {shlex.join(again)}"
 
 
