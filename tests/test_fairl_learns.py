@@ -69,7 +69,8 @@ def test_ppo_learns_from_a_fai_rl_recipe_with_value_model_and_accumulation(write
     # FAI-RL's PPO: a separate value model, rollout = per_device 8 x gradient_accumulation_steps 4 = 32 prompts
     extra = ("  max_completion_length: 4\n  temperature: 1.0\n  kl_coef: 0.05\n  num_ppo_epochs: 4\n"
              "  num_mini_batches: 1\n")
-    rows = train(write_recipe, tmp_path, "ppo", extra, "training.max_steps=30",
+    # 20 steps: train reward +0.39 / +0.29 / +0.28 over the first 5 (seeds 42 / 1 / 2; 30 steps: +0.44 / +0.41)
+    rows = train(write_recipe, tmp_path, "ppo", extra, "training.max_steps=20",
                  "model.value_model_name=fai-rl/tiny-sft", batch=8, accumulation=4, learning_rate="3.0e-4",
                  max_length=64, max_prompt_length=32)
     first, last = rises(rows)
