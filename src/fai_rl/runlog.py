@@ -105,11 +105,13 @@ def stop_log() -> None:
         _CURRENT = None
 
 
-def call_teed(command: list[str], env: dict[str, str], started: Path, on_start=None) -> int:
+def call_teed(command: list[str], env: dict[str, str], started: Path, on_start=None, own_group: bool = False) -> int:
     """Run `command` with its output copied through this process's (teed) stdout; the log opens once `started`
-    (the run's recipe.resolved.yaml) is written by a child after this call began. `on_start(proc)` is told the child."""
+    (the run's recipe.resolved.yaml) is written by a child after this call began. `on_start(proc)` is told the child;
+    `own_group`: the child leads a process group of its own (a terminal's Ctrl-C does not reach it)."""
     began = time.time()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            process_group=0 if own_group else None)
     assert proc.stdout is not None
     if on_start is not None:
         on_start(proc)

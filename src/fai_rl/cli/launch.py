@@ -190,9 +190,11 @@ def accelerate_command(recipe: Recipe, plan: LaunchPlan, child_argv: list[str]) 
 def relaunch(plan: LaunchPlan, recipe: Recipe, command: list[str]) -> int:
     """Run the accelerate command and wait, its output copied into the run's log; its exit code is ours.
 
-    SIGTERM to this process (`kill PID` of a --nohup run) asks every rank for a clean stop through output_dir/STOP, as
-    `fai-rl-runs stop` does; a second one ends the processes at once. Without this the launcher died alone and its
-    ranks died on the broken pipe of their output, with no checkpoint. When the ranks fail (one killed, out of
+    SIGTERM (`kill PID` of a --nohup run) or Ctrl-C asks every rank for a clean stop through output_dir/STOP, as
+    `fai-rl-runs stop` does; a second one kills the run's processes at once. The launched agent gets a process group
+    of its own, so a Ctrl-C reaches only this process: in the terminal's group, the agent took it as the order to end
+    the ranks, and this process ended the agent, as it did on SIGTERM, so no checkpoint was written (measured: a
+    2-process run Ctrl-C'd at step 3 kept only checkpoint-2, exit 130). When a rank fails (killed, out of
     memory, an error), torchrun's agent ends the others (SIGTERM, SIGKILL after 30 s), and this process says once
     which checkpoint is the last complete one and how to continue from it.
     """
@@ -201,27 +203,49 @@ def relaunch(plan: LaunchPlan, recipe: Recipe, command: list[str]) -> int:
 
     out = Path(recipe.training.output_dir)
     child: list[subprocess.Popen] = []
+    asked: list[int] = []
 
-    def on_term(signum, frame) -> None:
-        if (out / STOP_FILE).exists() and child:
-            print("SIGTERM again: ending the run's processes now", file=sys.stderr, flush=True)
-            child[0].terminate()
+    def on_stop(signum, frame) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        asked.append(signum)
+        if len(asked) > 1 and child:
+            print(f"{name} again: killing the run's processes", file=sys.stderr, flush=True)
+            _kill_tree(child[0].pid)
             return
         out.mkdir(parents=True, exist_ok=True)
-        (out / STOP_FILE).write_text(f"SIGTERM to the launcher (pid {os.getpid()})\n")
-        print("SIGTERM: every process stops after this step, once a checkpoint is written (SIGTERM again to end "
+        (out / STOP_FILE).write_text(f"{name} to the launcher (pid {os.getpid()})\n")
+        print(f"\n{name}: every process stops after this step, once a checkpoint is written ({name} again to kill "
               "them at once)", file=sys.stderr, flush=True)
 
     print(f"launching: {plan.describe()}", flush=True)
-    before = signal.signal(signal.SIGTERM, on_term)
+    before = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     began = time.time()
     try:
-        code = call_teed(plan.command, {**os.environ, **plan.env}, out / "recipe.resolved.yaml", child.append)
+        code = call_teed(plan.command, {**os.environ, **plan.env}, out / "recipe.resolved.yaml", child.append,
+                         own_group=True)
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     if code != 0 and _mtime(out / "recipe.resolved.yaml") >= began - 0.5:  # the run had started: not a refused recipe
         print(failure_message(recipe, code, command), file=sys.stderr, flush=True)
     return code
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything under it: torchrun starts each rank in a session of its own, so a process
+    group signal would miss them. The launcher first, so it does not react to its ranks' deaths."""
+    import psutil  # accelerate's dependency
+
+    try:
+        top = psutil.Process(pid)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 def failure_message(recipe: Recipe, code: int, command: list[str]) -> str:
