@@ -448,6 +448,7 @@ def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0 <= r["reward/solver"] <= 1 and 0 <= r["reward/judge"] <= 1 and r["step_time_s"] > 0 for r in rows)
     assert all(0 <= r["groups_dropped"] <= 2 * 16 for r in rows)  # flat groups per task and role left out
+    assert all(r["off_policy_steps"] == 0 for r in rows)  # tinker.max_steps_off_policy 0: on-policy
     # the RL driver's metrics through the shared update path, and a transcript of both roles at step 1
     assert all(abs(r["kl_sample_train"]) < 0.01 and r["time/sample"] > 0 and r["time/train"] > 0 and "loss" in r
                for r in rows)
@@ -464,6 +465,27 @@ def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_
     for got, want in zip(again, rows):
         values = {k: v for k, v in want.items() if "time" not in k}
         assert {k: got[k] for k in values} == pytest.approx(values, rel=1e-4, abs=1e-4), got["step"]
+
+
+@pytest.mark.tinker
+@pytest.mark.slow
+def test_the_tinker_workflow_loop_samples_the_next_step_while_this_one_trains(tmp_path, tinker_server, monkeypatch):
+    # tinker.max_steps_off_policy 1: step N+1's episodes run on the weights before step N's update (one step stale,
+    # recorded per sample and corrected by the importance ratio the loss already uses)
+    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    out = tmp_path / "off-policy"
+    assert main(["--recipe", str(QUICKSTART), "training.backend=tinker", f"tinker.base_url={tinker_server.base_url}",
+                 "tinker.lora_rank=8", "tinker.download_final=false", f"training.output_dir={out}",
+                 "training.max_steps=3", "training.per_device_train_batch_size=8", "training.logging_steps=1",
+                 "data.datasets[0].max_samples=8", "data.eval_datasets=[]", "tinker.max_steps_off_policy=1",
+                 "training.log_rollouts_every=1"]) == 0
+    rows = [r for r in metrics(out) if "reward/judge" in r]
+    assert [r["off_policy_steps"] for r in rows] == [0.0, 1.0, 1.0]
+    assert all(abs(r["kl_sample_train"]) < 0.1 and "loss" in r for r in rows), rows
+    for step, staleness in ((1, 0), (3, 1)):
+        shown = [json.loads(line) for line in (out / "rollouts" / f"step-{step}.jsonl").read_text().splitlines()]
+        assert {r["staleness"] for r in shown} == {staleness}
 
 
 @pytest.mark.parametrize("override, expected", [

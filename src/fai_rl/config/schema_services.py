@@ -79,8 +79,9 @@ class TinkerConfig:
         "null: the service's default for all."
     )
     max_steps_off_policy: int = _f(
-        0, help="RL: 0 samples each batch on the weights it trains (on-policy); 1 samples batch N+1 on the weights "
-        "before step N's update while step N trains (tinker-cookbook's async mode), one step stale, corrected by the "
+        0, help="RL and workflows: 0 samples each batch on the weights it trains (on-policy); 1 samples batch N+1 on "
+        "the weights before step N's update while step N trains (tinker-cookbook's async mode), one step stale, "
+        "corrected by the "
         "importance ratio to the sampler's log-probs that the loss uses; logged as off_policy_steps.",
         choices=(0, 1),
     )

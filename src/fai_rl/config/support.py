@@ -264,9 +264,8 @@ KEYS: dict[str, Support] = {
     "tinker.rl_loss": Support(algorithms=algorithm_names(samples_groups=True, sequence_ratios=False),
                               backends=("tinker",), maps_to="the service loss for GRPO / RLOO"),
     "tinker.max_steps_off_policy": Support(algorithms=(*RL, "ppo"), backends=("tinker",),
-                                           maps_to="sampling overlapped with training (the Tinker RL driver)",
-                                           inert_when=lambda r: "not read by workflows" if r.workflow.type != "single"
-                                           else None),
+                                           maps_to="sampling overlapped with training (the Tinker RL driver and "
+                                           "workflow loop)"),
     "model.init_from": Support(maps_to="local: from_pretrained of a run's final/ or latest checkpoint-N (a LoRA "
                                "adapter merged into its base first; fai_rl.models.init_from); Tinker: "
                                "TrainingClient.load_state (weights, no optimizer)"),

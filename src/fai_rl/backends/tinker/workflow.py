@@ -8,6 +8,10 @@ each trajectory becomes one datum of the service's `importance_sampling` (or `pp
 completion token (rollouts.rl_datum), GSPO (importance_sampling_level: sequence) goes through forward_backward_custom, and forward_backward + optim_step are
 submitted before either is awaited.
 
+tinker.max_steps_off_policy: 1 runs step N+1's workflows in a thread on the weights before step N's update while that
+update runs on the service; each sample's staleness is recorded (off_policy_steps, transcripts) and corrected by the
+importance ratio to the sampler's log-probs that the loss already uses.
+
 Departures: no KL term (training.beta must be 0 with a workflow); evaluation is evaluate_workflow's pass@k metrics on
 the held-out tasks rather than eval_reward.
 """
@@ -15,6 +19,7 @@ the held-out tasks rather than eval_reward.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fai_rl.transcripts import due, first_groups, write_transcript
@@ -73,18 +78,19 @@ def describe(recipe: Recipe, prepared: PreparedTinkerWorkflow) -> str:
     return text
 
 
-def as_samples(scored) -> tuple[list[Sample], list[list[float]]]:
-    """The scored steps as tinker/grpo's samples, with each advantage on every completion token."""
+def as_samples(scored, sampled_at: int = 0, step: int = 0) -> tuple[list[Sample], list[list[float]]]:
+    """The scored steps as tinker/grpo's samples, with each advantage on every completion token; sampled on weights
+    after `sampled_at` updates and trained at optimizer step `step` (their staleness: the difference)."""
     samples = [Sample(None, s.step.prompt_tokens, s.step.completion_tokens, s.step.logprobs, s.step.text,
-                      s.step.stopped, s.step.reward) for s in scored]
+                      s.step.stopped, s.step.reward, sampled_at, step - sampled_at) for s in scored]
     return samples, [[s.advantage] * len(s.step.completion_tokens) for s in scored]
 
 
-def transcript_rows(tokenizer, scored) -> list[dict]:
+def transcript_rows(tokenizer, scored, staleness: int = 0) -> list[dict]:
     """The steps of the first prompts (grouped by prompt, in order) for fai_rl.transcripts, with their roles."""
     prompts = [tokenizer.decode(s.step.prompt_tokens) for s in scored]
     return [{"group": g, "role": s.role, "prompt": p, "completion": s.step.text, "reward": s.step.reward,
-             "advantage": s.advantage, "completion_tokens": len(s.step.completion_tokens)}
+             "advantage": s.advantage, "completion_tokens": len(s.step.completion_tokens), "staleness": staleness}
             for s, p, g in zip(scored, prompts, first_groups(prompts), strict=True) if g >= 0]
 
 
@@ -99,6 +105,23 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
     print(f"workflow {w.type} with {t.algorithm} on Tinker: {per_step} tasks x {t.num_generations} episodes per "
           f"step, grouping {w.grouping}", flush=True)
     began, generated, ok = time.time(), 0, False
+
+    def episodes_of(step: int, client, version: int) -> tuple[dict, list, int]:
+        """Run step `step`'s workflows on `client` (weights after `version` updates), through a sampler of its own
+        (a prefetch runs beside the main thread's evaluation), seeded so a resumed run draws what this one drew."""
+        metrics: dict = {}
+        tasks = [prepared.train[i] for i in schedule.rows(step)]
+        mine = TinkerSampler(client, prepared.tokenizer, session.tinker, session.wait,
+                             max_tokens=t.max_completion_length, temperature=t.temperature, top_p=t.top_p)
+        mine.reseed(f"{t.seed}:sampling at step {step + 1}")
+        with timed(metrics, "sample"):  # the workflow scores its episodes as it runs them
+            episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)], mine)
+        return metrics, episodes, version
+
+    # tinker.max_steps_off_policy: 1 runs the next step's workflows in a thread, on the weights before this step's
+    # update, while the update runs on the service (as the RL driver does; fai_rl.backends.tinker.rollouts)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fai-rl-workflows") if recipe.tinker.max_steps_off_policy else None
+    prefetched, version = None, start  # version: optimizer steps in `sampler`'s weights
     try:
         sampler = TinkerSampler(session.sampling_client(f"sampler-{start:06d}"), prepared.tokenizer, session.tinker,
                                 session.wait, max_tokens=t.max_completion_length, temperature=t.temperature,
@@ -107,30 +130,32 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
             sampler.reseed(f"{t.seed}:evaluation at step 0")
             log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
         for step in range(start, total):
-            step_began, metrics = time.time(), {}
-            tasks = [prepared.train[i] for i in schedule.rows(step)]
-            sampler.reseed(f"{t.seed}:sampling at step {step + 1}")  # a resumed run draws what this one drew
-            with timed(metrics, "sample"):  # the workflow scores its episodes as it runs them
-                episodes = run_workflow(prepared.workflow, [row for row in tasks for _ in range(t.num_generations)],
-                                        sampler)
+            step_began = time.time()
+            made, episodes, sampled_at = (prefetched.result() if prefetched is not None
+                                          else episodes_of(step, sampler.client, version))
+            prefetched, metrics = None, dict(made)
+            if pool is not None and step + 1 < total:  # one step stale when it trains
+                prefetched = pool.submit(episodes_of, step + 1, sampler.client, version)
             scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
                                      w.norm_adv_by_std)
             generated += sum(len(s.step.completion_tokens) for s in scored)
             metrics.update(rollout_metrics(episodes), learning_rate=schedule.learning_rate(step))
-            samples, per_token = as_samples(scored)
+            metrics["off_policy_steps"] = float(step - sampled_at)  # every sample of the step has this staleness
+            samples, per_token = as_samples(scored, sampled_at, step)
             metrics.update(batch_metrics(samples, [s.advantage for s in scored], per_prompt=1))
             if t.drop_zero_variance_groups:  # DAPO's filter: groups whose rewards are all equal teach nothing
                 kept, metrics["groups_dropped"] = drop_flat_groups(scored)
-                samples, per_token = as_samples(kept)
+                samples, per_token = as_samples(kept, sampled_at, step)
             # num_iterations updates at this step's learning rate, as the local workflow loop makes them
             if samples:  # every group dropped: no update this step
                 with timed(metrics, "train"):
                     metrics.update(update_policy(session, recipe, samples, per_token, step, t.num_iterations))
             done = step + 1
             if due(done, t.log_rollouts_every):
-                write_transcript(run.path, done, transcript_rows(prepared.tokenizer, scored))
+                write_transcript(run.path, done, transcript_rows(prepared.tokenizer, scored, step - sampled_at))
             with timed(metrics, "wait"):
                 sampler.client = session.sampling_client(f"sampler-{done:06d}")
+                version = done
             metrics["step_time_s"] = time.time() - step_began
             log(done, metrics)
             if prepared.eval and t.eval_steps and done % t.eval_steps == 0 and done != total:
@@ -147,6 +172,8 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
         final = session.finish(total, prepared.tokenizer)
         ok = True
     finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         session.close(ok)
     return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
                          workflow=w.type)
