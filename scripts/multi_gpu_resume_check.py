@@ -9,8 +9,9 @@
 The shipped recipe is used as it is; the overrides only point it at a small model (the built-in tiny one, or --model),
 local data in its Alpaca columns (instruction/input/output, so its prompt templates apply) and a short run with a
 checkpoint every 2 steps. Checks: each phase ends as said, in bounded time; every step is logged once in
-metrics.jsonl; the steps the killed run had logged past its last checkpoint come again with the same loss (rel 1e-6
-on CPU float32; within --tolerance on GPUs, where bf16 kernels may differ). Prints and writes resume.json.
+metrics.jsonl; the steps the killed run had logged past its last checkpoint come again with the same loss, and every
+step's loss equals an uninterrupted run's (rel 1e-6 on CPU float32, where both held exactly on 2 processes; within
+--tolerance on GPUs, where bf16 kernels may differ). Prints and writes resume.json.
 
     python3 scripts/multi_gpu_resume_check.py --out $OUT/resume --steps 400        # 2 GPUs
     python3 scripts/multi_gpu_resume_check.py --out /tmp/resume --cpu             # 2 CPU processes (gloo; CI runs this)
@@ -70,8 +71,9 @@ def wait_for_step(out: Path, step: int, proc: subprocess.Popen | None = None, pi
 
 
 def check(out: Path, gpus: int = 2, cpu: bool = False, model: str = "fai-rl/tiny", steps: int = 40,
-          tolerance: float = 0.0) -> dict:
-    """Run the three phases in `out`; AssertionError naming what failed; the measurements."""
+          tolerance: float = 0.0, straight: bool = False) -> dict:
+    """Run the three phases in `out` (and with `straight` an uninterrupted run to compare every step's loss with);
+    AssertionError naming what failed; the measurements."""
     import psutil
 
     from fai_rl.cli.runlock import pid_alive
@@ -147,6 +149,15 @@ def check(out: Path, gpus: int = 2, cpu: bool = False, model: str = "fai-rl/tiny
     found.update(max_rel_diff_rerun_steps=max(diffs), first_loss=after[1][0], last_loss=after[steps][0],
                  phase3_s=round(time.time() - began))
     assert found["max_rel_diff_rerun_steps"] <= tolerance, found
+    if straight:  # the same run without interruption: the stopped, killed and resumed one must match it step by step
+        began = time.time()
+        plain = [a.replace(f"training.output_dir={run}", f"training.output_dir={out / 'straight'}") for a in launch]
+        done = subprocess.run(plain, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        ref = losses(out / "straight")
+        found.update(max_rel_diff_vs_straight=max(abs(after[s][0] - ref[s][0]) / abs(ref[s][0]) for s in ref),
+                     straight_s=round(time.time() - began))
+        assert sorted(ref) == sorted(after) and found["max_rel_diff_vs_straight"] <= tolerance, found
     return found
 
 
@@ -158,13 +169,15 @@ def main() -> int:
     parser.add_argument("--model", default="fai-rl/tiny", help="model.base_model_name (default: the built-in tiny)")
     parser.add_argument("--steps", type=int, default=None, help="steps (default 40 on CPU, 400 on GPUs, where the "
                         "tiny model's steps are too quick to stop mid-run otherwise)")
+    parser.add_argument("--no-straight", action="store_true", help="skip the uninterrupted run that every step's "
+                        "loss is compared with")
     parser.add_argument("--tolerance", type=float, default=None, help="largest relative difference of a re-run "
                         "step's loss (default 0 on CPU, 1e-2 on GPUs)")
     args = parser.parse_args()
     steps = args.steps or (40 if args.cpu else 400)
     tolerance = args.tolerance if args.tolerance is not None else (1e-6 if args.cpu else 1e-2)
     try:
-        found = check(args.out, args.gpus, args.cpu, args.model, steps, tolerance)
+        found = check(args.out, args.gpus, args.cpu, args.model, steps, tolerance, not args.no_straight)
         found["ok"] = True
     except AssertionError as e:
         found = {"ok": False, "error": str(e)[-3000:]}
