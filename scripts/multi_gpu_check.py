@@ -354,9 +354,21 @@ def main() -> int:
 
     singles = [(a, e) for a, e in plan if split_engine(e)[1] == "1gpu"]
     multis = [(a, e) for a, e in plan if split_engine(e)[1] != "1gpu"]
+    import queue
+
+    free: queue.Queue = queue.Queue()  # a GPU goes back when its run ends: never two runs on one GPU
+    for i in range(args.gpus):
+        free.put(None if args.cpu else i)
+
+    def single(a: str, e: str) -> dict:
+        gpu = free.get()
+        try:
+            return run(a, e, model_dir, args.out, steps(a), data, args, gpu)
+        finally:
+            free.put(gpu)
+
     with ThreadPoolExecutor(1 if args.cpu else args.gpus) as pool:
-        futures = [pool.submit(run, a, e, model_dir, args.out, steps(a), data, args, None if args.cpu else i % args.gpus)
-                   for i, (a, e) in enumerate(singles)]
+        futures = [pool.submit(single, a, e) for a, e in singles]
         for future in futures:
             done(future.result())
     for a, e in multis:
