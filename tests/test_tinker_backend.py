@@ -170,15 +170,29 @@ def test_grpo_raises_the_reward_of_the_prompts_it_trains_on(tmp_path, tinker_env
 def test_dpo_margin_and_accuracy_rise(tmp_path, tinker_env):
     out = tmp_path / "dpo"
     began = time.time()
-    assert run("dpo", out, tinker_env, "training.max_steps=10", "training.eval_steps=null",
-               "training.logging_steps=5", "training.learning_rate=1e-3", "tinker.download_final=false",
-               "data.datasets[0].max_samples=64", "data.eval_datasets[0].max_samples=32",
-               "training.per_device_eval_batch_size=64") == 0
+    args = ("training.max_steps=10", "training.eval_steps=null", "training.logging_steps=5",
+            "training.learning_rate=1e-3", "tinker.download_final=false", "data.datasets[0].max_samples=64",
+            "data.eval_datasets[0].max_samples=32", "training.per_device_eval_batch_size=64", "tinker.save_every=8")
+    assert run("dpo", out, tinker_env, *args) == 0
     wall = time.time() - began
-    evals = [r for r in metrics(out) if "eval_rewards/margins" in r]
+    rows = metrics(out)
+    evals = [r for r in rows if "eval_rewards/margins" in r]
+    # --resume from the state at 8 (a kill at step 9) lands on the uninterrupted run's steps 9-10 and final eval: the
+    # reference is the base model's sampler on both paths (a sampler saved on the training client's weights follows
+    # them on the local server, so a "snapshot" reference drifted there and a resumed run's did not)
+    state = next(c["path"] for c in json.loads((out / "checkpoints.json").read_text())["checkpoints"]
+                 if c["kind"] == "state" and c["step"] == 8)
+    assert run("dpo", out, tinker_env, "--resume", state, *args) == 0
+    # (compared: the final evaluation, a function of the weights after step 10; the train row at 10 averages the
+    # logging window 6-10, of which the resumed run saw 9-10)
+    def final_eval(rows):
+        return [{k: v for k, v in r.items() if k.startswith("eval_")} for r in rows if r["step"] == 10
+                and "eval_loss" in r]
+
+    assert final_eval(rows) and same_steps(final_eval(metrics(out)), final_eval(rows), rel=1e-4)
     # pipelined (the next step's reference log-probs and forward_backward go while this one trains): local server
     # 7.4 s/step vs 9.9-10.2 waiting first
-    assert [r["queued_ahead"] for r in metrics(out) if "queued_ahead" in r] == [1.0, 1.0, 0.0]
+    assert [r["queued_ahead"] for r in rows if "queued_ahead" in r] == [1.0, 1.0, 0.0]
     assert evals[0]["eval_rewards/margins"] == pytest.approx(0, abs=1e-3)  # the policy starts as the reference
     assert evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"] + 0.02
     # at step 0 the policy is the reference: margins are 0 up to float noise (~1e-7 where the trainer's forward and

@@ -1,8 +1,8 @@
-"""Direct Preference Optimization on the Tinker backend: reference log-probs from a snapshot, the loss computed here.
+"""Direct Preference Optimization on the Tinker backend: reference log-probs from a sampler, the loss computed here.
 
 DPO (Rafailov et al., 2023) compares the policy's log-ratio of chosen over rejected against a frozen reference. On
-Tinker the reference is a sampler on the weights at the start (`save_weights_and_get_sampling_client`, before any
-update), queried once per pair with `compute_logprobs`; the policy's log-probs come from `forward_backward_custom`,
+Tinker the reference is a sampler on the start: the base model (a fresh LoRA is the base), or with model.init_from
+the loaded weights saved before any update; queried once per pair with `compute_logprobs`; the policy's log-probs come from `forward_backward_custom`,
 which hands our loss (fai_rl.rl_math.dpo_losses: sigmoid with label smoothing, hinge, ipo, sft) the per-token
 log-probs and sends its gradient back. Held-out pairs are scored with `forward` for eval_rewards/accuracies.
 """
@@ -93,8 +93,9 @@ def _pair_tokens(tokenizer, max_length: int, cuts: Truncations):
 def describe(recipe: Recipe, prepared: PreparedDPO) -> str:
     t, tok = recipe.training, prepared.tokenizer
     lines = [f"train: {len(prepared.train)} pairs; eval: {len(prepared.eval)} pairs",
-             f"loss: {' + '.join(t.dpo_loss_type)} with beta {t.beta}; reference: a snapshot of the start weights "
-             f"on the service; LoRA rank {recipe.tinker.lora_rank}"]
+             f"loss: {' + '.join(t.dpo_loss_type)} with beta {t.beta}; reference: "
+             f"{'the model.init_from weights' if recipe.model.init_from else 'the base model'} on the service; "
+             f"LoRA rank {recipe.tinker.lora_rank}"]
     for n, pair in enumerate(prepared.train[:2], start=1):
         lines.append(f"--- pair {n}: prompt {tok.decode(pair.prompt)!r}")
         lines.append(f"    chosen {tok.decode(pair.chosen)!r}  rejected {tok.decode(pair.rejected)!r}")
@@ -162,9 +163,13 @@ def train(recipe: Recipe, prepared: PreparedDPO, run: RunDir) -> dict:
     before = session.counters.get("num_tokens", 0)  # a resumed run goes on counting (saved with each state)
     ok = False
     try:
-        # The reference: a snapshot of the weights before any update; a resumed run goes back to the base weights.
-        if start == 0:
-            reference = session.sampling_client("reference")
+        # The reference: the start. A fresh LoRA (B = 0) is the base model itself, so the base sampler serves it,
+        # the same before and after a --resume; with model.init_from, a sampler saved on the loaded weights before
+        # any update (recorded in checkpoints.json, reused on --resume). Not a sampler on the training client's
+        # weights at step 0: the local skyrl-tx server ties such a sampler to the live weights (measured: its
+        # log-probs moved by 11 nats after 3 steps), so the "frozen" reference drifted with the policy there.
+        if recipe.model.init_from:
+            reference = session.init_reference(start)
         else:
             reference = session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
                                      "creating the reference sampler (base weights)")
