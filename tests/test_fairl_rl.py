@@ -12,6 +12,7 @@ from fairl_format import fairl_recipe
 
 from fai_rl.config import load_recipe
 from fai_rl.data.rl import load_preference_rows, load_prompt_rows
+from fai_rl.data.truncation import Truncations
 from fai_rl.data.templates import template_answer, template_prompt
 from fai_rl.errors import DataError
 from fai_rl.rewards import BUILTINS, RewardFn, build_rewards
@@ -181,7 +182,7 @@ def test_hh_rlhf_mixed_with_a_prompt_column_source_is_one_conversational_data_se
     assert Dataset.from_list(train).features["prompt"] == Dataset.from_list(train[:1]).features["prompt"]
     # Tinker's DPO renders each pair through the chat template: the reply tokens are the assistant turn only.
     tokenizer = load_tokenizer(recipe.model)
-    pair = _pair_tokens(tokenizer, 256)(train[0])
+    pair = _pair_tokens(tokenizer, 256, Truncations("pair", 256))(train[0])
     assert "Hi" in tokenizer.decode(pair.prompt) and "Human" not in tokenizer.decode(pair.prompt)
     assert tokenizer.decode(pair.chosen).startswith("Hey there")
     assert tokenizer.decode(pair.rejected).startswith("Go away")

@@ -120,7 +120,7 @@ def test_lora_trains_an_adapter_that_reloads_on_its_base(write_recipe, tmp_path,
                  "model.base_model_name=fai-rl/tiny", f"model.init_from={out}", "training.beta=0.1",
                  "training.max_steps=2", "training.per_device_train_batch_size=8", "training.logging_steps=1",
                  "data.eval_datasets=[]", "training.bf16=false"]) == 0
-    start = capsys.readouterr().out.split(f"model.init_from: starting from {out} (", 1)[1].split(")", 1)[0]
+    start = capsys.readouterr().out.split(f"model.init_from: weights from {out} (", 1)[1].split(")", 1)[0]
     merged = AutoModelForCausalLM.from_pretrained(start)  # the cached merge: the SFT model's weights
     with torch.no_grad():
         assert torch.allclose(merged(probe).logits, tuned(probe).logits, atol=1e-5)

@@ -28,7 +28,7 @@ def is_pipeline_recipe(path: str | Path) -> bool:
     """True for a recipe with a top-level `stages:` (a pipeline); a broken file is left to the training loader."""
     try:
         tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):  # deep nesting: the loader says so
         return False
     return isinstance(tree, dict) and "stages" in tree
 

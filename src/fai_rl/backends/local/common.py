@@ -333,15 +333,15 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
     # TRL writes its auto card ("fine-tuned version of [None]") into output_dir/README.md at every checkpoint; the
     # run's card is fai-rl-train's (fai_rl.export.card.run_card, written when the run ends), so TRL writes none.
     trainer.create_model_card = lambda *args, **kwargs: None
-    uploads = Uploads(recipe, main=trainer.is_world_process_zero())  # s3: checkpoint-N in the background, final/ below
-    if recipe.s3.enabled:
-        trainer.add_callback(uploads.callback())
     if resume is not None and resume.weights_only:
         trainer.add_callback(ContinueSchedule())
     add_partial_checkpointing(trainer, recipe)  # null gradient_checkpointing on: only the layers memory needs
     from fai_rl.backends.local.trl_resume import keep_trl_state
 
     keep_trl_state(trainer, resume.path if resume and not resume.weights_only else None)  # TRL's own state
+    uploads = Uploads(recipe, main=trainer.is_world_process_zero())  # s3: checkpoint-N in the background, final/ below
+    if recipe.s3.enabled:  # after keep_trl_state's callback: its files are in checkpoint-N before the upload starts
+        trainer.add_callback(uploads.callback())
     seen_before = _tokens_seen(resume) if resume else 0  # read now: save_total_limit may rotate the checkpoint out
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     state = trainer.state
