@@ -2,7 +2,8 @@
 
 skyrl-tx 0.3.0 (an open-source implementation of the Tinker API, JAX on CPU) serves one base model, here one of
 fai-rl's built-in models (default `fai-rl/tiny-sft`), and our wire adapter (wire_adapter.py) sits in front of it so
-that the current `tinker` SDK (0.38) can talk to it. Clients use `base_url` (the adapter) and pass `base_model` as
+that the current `tinker` SDK (0.38) can talk to it. Its engine runs as engine.py here: skyrl-tx's, with the fixes a
+run needs to resume exactly (see that file). Clients use `base_url` (the adapter) and pass `base_model` as
 `create_lora_training_client(base_model=...)`.
 
 The server runs from its own virtualenv (tests/tinker_harness/install.sh), never from .venv: its pins differ.
