@@ -38,10 +38,12 @@ from fai_rl.backends.local.common import (
     trainer_arguments,
 )
 from fai_rl.backends.local.flat_groups import with_flat_groups_dropped
+from fai_rl.backends.local.prompt_cut import with_prompts_cut
 from fai_rl.backends.local.rollouts import RolloutTranscripts
 from fai_rl.config.deepspeed import is_zero3
 from fai_rl.config.schema import Recipe
-from fai_rl.data.rl import load_prompt_rows
+from fai_rl.data.rl import load_prompt_rows, render_prompts
+from fai_rl.data.truncation import Truncations
 from fai_rl.errors import BackendError
 from fai_rl.models.load import load_causal_lm, load_tokenizer, lora_config, quantization_config
 from fai_rl.rewards import preview_rewards, recipe_rewards
@@ -75,9 +77,13 @@ def describe(recipe: Recipe, prepared: PreparedGRPO) -> str:
     """Prompt counts and lengths, two prompts as the model will see them, and the rewards on a few rows."""
     tok = prepared.tokenizer
     lengths = [len(_render(tok, row["prompt"])) for row in prepared.train]
+    cuts = Truncations("prompt", recipe.data.max_length)
+    render_prompts(tok, prepared.train, recipe.data.max_length, cuts)
     lines = [
         f"train: {len(prepared.train)} prompts; eval: {len(prepared.eval)} prompts",
         f"prompt tokens: min {min(lengths)} / median {statistics.median(lengths):.0f} / max {max(lengths)}; "
+        f"{cuts.rows} longer than data.max_length={recipe.data.max_length} (cut from the left when sampled, counted "
+        "per step as truncated_prompts); "
         f"completions up to {recipe.training.max_completion_length} tokens, {recipe.training.num_generations} "
         "per prompt",
         f"objective: {_objective(recipe)}",
@@ -121,6 +127,8 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir, callbacks: list |
     from datasets import Dataset
 
     config_class, trainer_class = (getattr(trl, n) for n in TRAINERS[spec_of(recipe.training.algorithm).advantage])
+    # data.max_length cuts prompts from the left, as on Tinker (fai_rl.backends.local.prompt_cut)
+    trainer_class = with_prompts_cut(trainer_class, recipe.data.max_length)
     if recipe.training.drop_zero_variance_groups:  # DAPO's filter of flat groups (fai_rl.backends.local.flat_groups)
         trainer_class = with_flat_groups_dropped(trainer_class)
 
@@ -167,7 +175,10 @@ def train(recipe: Recipe, prepared: PreparedGRPO, run: RunDir, callbacks: list |
     trainer.add_callback(RolloutTranscripts(recipe, run, trainer))  # rollouts/step-N.jsonl + .html, wandb table
     if resolved_performance(recipe)["fast_generation"]:
         enable_fast_generation(trainer, recipe)
-    return run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)
+    summary = run_trainer(trainer, recipe, prepared.tokenizer, prepared.resume, run, has_eval)
+    if trainer.is_world_process_zero():  # the Tinker driver's line: counts gathered from every process
+        trainer.prompts_cut.report("train prompts sampled")
+    return summary
 
 
 def enable_fast_generation(trainer, recipe: Recipe) -> None:

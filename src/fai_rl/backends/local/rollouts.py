@@ -42,6 +42,7 @@ def transcript_rows(trainer) -> list[dict]:
     per_fn = {name: list(logs["rewards"][name]) for name in names if name in logs["rewards"]}
     weights = [float(w) for w in getattr(trainer, "reward_weights", [1.0] * len(names))]
     tokenizer = getattr(trainer, "processing_class", None)
+    limit = getattr(trainer, "prompt_limit", None)  # data.max_length (fai_rl.backends.local.prompt_cut)
     rendered: dict[int, str] = {}
     rows = []
     for i, group in enumerate(first_groups(prompts)):
@@ -50,16 +51,23 @@ def transcript_rows(trainer) -> list[dict]:
         scores = {name: per_fn[name][i] for name in per_fn}
         total = sum(w * scores[n] for w, n in zip(weights, names, strict=False)
                     if n in scores and not math.isnan(scores[n]))
-        rows.append({"group": group, "prompt": rendered.setdefault(group, _prompt_text(tokenizer, prompts[i])),
+        rows.append({"group": group, "prompt": rendered.setdefault(group, _prompt_text(tokenizer, prompts[i], limit)),
                      "completion": _completion_text(completions[i]), "reward": total, "advantage": advantages[i],
                      "rewards": scores})
     return rows
 
 
-def _prompt_text(tokenizer, prompt) -> str:
-    """A conversational prompt as the model saw it (the chat template with the generation prompt); text as is."""
+def _prompt_text(tokenizer, prompt, limit: int | None = None) -> str:
+    """A conversational prompt as the model saw it (the chat template with the generation prompt; one longer than
+    `limit` tokens decoded from its last `limit`, as the Tinker driver shows it); text as is."""
     if isinstance(prompt, str) or tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
         return as_text(prompt)
+    if limit:
+        from fai_rl.sampling import render_chat
+
+        ids = render_chat(tokenizer, prompt)
+        if len(ids) > limit:
+            return tokenizer.decode(ids[-limit:])
     return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
 
 
