@@ -202,8 +202,9 @@ def test_dpo_same_steps_rates_and_names(tmp_path, tinker_env):
 @pytest.mark.tinker
 @pytest.mark.slow
 def test_grpo_same_steps_rates_and_names(tmp_path, tinker_env):
-    # 8 prompts, 2 a round (8 completions / 4), 2 optimizer steps a round (num_iterations, as TRL counts them)
-    local, tinker = _both("grpo", tmp_path, tinker_env, "data.datasets[0].max_samples=8",
+    # 8 prompts, 2 a round (8 completions / 4), 2 optimizer steps a round (num_iterations, as TRL counts them); every
+    # digits prompt is 33 tokens through the chat template, so data.max_length 32 cuts one token off each, on both
+    local, tinker = _both("grpo", tmp_path, tinker_env, "data.datasets[0].max_samples=8", "data.max_length=32",
                           "training.per_device_train_batch_size=8", "training.num_generations=4",
                           "training.num_iterations=2", "training.max_steps=null", "training.num_train_epochs=1",
                           "training.warmup_steps=2", "training.lr_scheduler_type=cosine", "training.beta=0.02",
@@ -215,6 +216,11 @@ def test_grpo_same_steps_rates_and_names(tmp_path, tinker_env):
               "completions/mean_length", "completions/max_length", "completions/clipped_ratio", "kl",
               "learning_rate", "num_tokens", "loss", "entropy"}
     assert shared <= _keys(local) & _keys(tinker), (shared - _keys(local), shared - _keys(tinker))
+    # the prompts data.max_length cut, counted once per prompt at each round's first step (local: TRL's prompt ids cut
+    # by fai_rl.backends.local.prompt_cut, the same ids as the Tinker driver's: tests/test_prompt_cut.py)
+    cut = [[(r["step"], r["truncated_prompts"], r["truncated_prompt_tokens"]) for r in _train_rows(out)
+            if "truncated_prompts" in r] for out in (local, tinker)]
+    assert cut[0] == cut[1] == [(step, 2, 2) for step in (1, 3, 5, 7)], cut
     # what the Tinker driver adds (fai_rl.backends.tinker.rl_metrics): sampler-vs-trainer drift, batch statistics at
     # each round's first step, time per phase. A round's first update sees the weights that sampled it (sampler and
     # trainer are one JAX engine on the local server: drift ~1e-7); its second (num_iterations 2) sees them after one

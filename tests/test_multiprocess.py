@@ -163,10 +163,20 @@ def test_dpo_under_ddp_on_two_nodes_over_loopback(tmp_path):
 @pytest.mark.slow
 def test_gspo_under_ddp_samples_groups_across_two_processes(tmp_path):
     out = tmp_path / "gspo"
-    # 2 prompts' completions per process: a group of 4 spans both processes' batches of 4 (8 per generation round)
-    proc = launch(write(tmp_path, rl_recipe(out, "gspo", per_device_train_batch_size=2)))
+    # 2 prompts' completions per process: a group of 4 spans both processes' batches of 4 (8 per generation round).
+    # data.max_length 32 cuts one token off every 33-token digits prompt: each process cuts the copies it holds, the
+    # counts are gathered and taken once per prompt (fai_rl.backends.local.prompt_cut): 1 prompt a step (its 4
+    # completions 2 + 2 on the two processes), 1 token
+    recipe = rl_recipe(out, "gspo", per_device_train_batch_size=2)
+    recipe["data"]["max_length"] = 32
+    proc = launch(write(tmp_path, recipe))
     assert_two_process_run(out, proc, "gspo")
+    rounds = [m for m in metrics(out) if "reward" in m]
+    cut = [(m["step"], m.get("truncated_prompts"), m.get("truncated_prompt_tokens")) for m in rounds]
+    assert cut == [(m["step"], 1, 1) for m in rounds], cut
     assert all("reward" in m for m in metrics(out) if "loss" in m)
+    assert proc.stdout.count(f"note: {len(rounds)} of {len(rounds)} train prompts sampled longer than "
+                             "data.max_length=32") == 1  # the main process's line
 
 
 @pytest.mark.slow

@@ -132,8 +132,7 @@ class DataConfig:
     )
     max_length: int = _f(1024, help="Longest tokenised example; longer ones are truncated, never silently: counted in "
                          "--dry-run, said in one note per run and logged as truncated_* in metrics.jsonl (SFT rows and "
-                         "DPO pairs lose their end, sampled prompts their start; the local GRPO/GSPO/RLOO trainers "
-                         "(TRL) cut no prompt).")
+                         "DPO pairs lose their end; RL prompts their start, the same tokens on both backends).")
     system_prompt: Optional[str] = _f(
         None,
         help="System message put first in every conversation that does not already have one. With dataset_columns "

@@ -125,8 +125,9 @@ KEYS: dict[str, Support] = {
     "data.datasets": _fai(maps_to="the training rows, concatenated in order"),
     "data.eval_datasets": Support(maps_to="held-out rows (eval_loss / eval_reward)"),
     "data.eval_split_ratio": Support(maps_to="held-out share of the training rows"),
-    "data.max_length": _fai(maps_to="SFTConfig/DPOConfig.max_length; RL prompts cut from the left on Tinker, local "
-                            "PPO and workflows (local GRPO/GSPO/RLOO: TRL cuts none)"),
+    "data.max_length": _fai(maps_to="SFTConfig/DPOConfig.max_length; RL prompts (GRPO/GSPO/RLOO, PPO, workflows) "
+                            "keep their last max_length tokens on both backends (local GRPO/GSPO/RLOO: TRL's rendered "
+                            "ids cut by fai_rl.backends.local.prompt_cut)"),
     "data.system_prompt": _fai("sft", "dpo", *SAMPLING, inert_when=_templated_prompts,
                                maps_to="a system message; with dataset_columns (SFT) FAI-RL's str.format template"),
     "data.user_prompt": _fai("sft", maps_to="FAI-RL split mode: the user turn template (loss on the reply only)"),
