@@ -39,15 +39,16 @@ def _hf_greedy(model, ids, mask, max_new: int, stops: list[int]):
     return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_greedy_tokens_and_logprobs_equal_hf_generate(attn):
+@pytest.mark.parametrize("attn,fuse", [("sdpa", False), ("eager", False), ("sdpa", True)])
+def test_greedy_tokens_and_logprobs_equal_hf_generate(attn, fuse):
     model = _model(attn)
     ids, mask = _batch(PROMPTS)
     free, _ = _hf_greedy(model, ids, mask, 12, stops=[47])
     stop = int(free[1, 4])  # a token row 1 draws: with it as the stop token, rows stop at different steps
     expected, logits_btv = _hf_greedy(model, ids, mask, 12, stops=[stop])
-    tokens_bt, logprobs_bt, lengths_b = GraphDecoder(model, graphs=False).generate(ids, mask, 12, Knobs(0.0),
-                                                                                   [stop], PAD)
+    decoder = GraphDecoder(model, graphs=False, fuse=fuse)  # fuse: q/k/v, gate/up as one matmul (CUDA's default)
+    tokens_bt, logprobs_bt, lengths_b = decoder.generate(ids, mask, 12, Knobs(0.0), [stop], PAD)
+    assert len(decoder.fused_weights()) == (4 if fuse else 0)  # 2 layers x (attention, MLP)
     assert tokens_bt.tolist() == expected.tolist()
     assert (expected == stop).any(dim=1).sum() >= 1 and lengths_b[1] <= 5  # the stop token and padding were met
     width = expected.shape[1]
@@ -106,8 +107,10 @@ def test_draws_follow_transformers_warpers(temperature, top_k, top_p):
     assert torch.allclose(logprobs_b, torch.log_softmax(logits_v / temperature, -1)[tokens_b], atol=1e-6)
 
 
-def test_a_lora_model_samples_through_the_decoder_from_merged_weights_as_hf_generate_does():
-    """GRPO's set-up: the decoder installed on a PEFT model, then LoRA merged into side buffers for each call."""
+@pytest.mark.parametrize("fuse", [False, True])
+def test_a_lora_model_samples_through_the_decoder_from_merged_weights_as_hf_generate_does(fuse):
+    """GRPO's set-up: the decoder installed on a PEFT model, then LoRA merged into side buffers for each call (with
+    fused groups: q/k/v merged into the group's buffer, k_proj having no adapter)."""
     from peft import LoraConfig, get_peft_model
     from transformers import GenerationConfig
 
@@ -124,7 +127,13 @@ def test_a_lora_model_samples_through_the_decoder_from_merged_weights_as_hf_gene
     with peft_model.disable_adapter():
         base_only = peft_model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     assert expected.tolist() != base_only.tolist()
-    install(peft_model, GraphDecoder(peft_model, graphs=False))
-    sample_with_merged_lora(peft_model)
-    assert peft_model.generate(input_ids=ids, attention_mask=mask, generation_config=config).tolist() == \
-        expected.tolist()
+    decoder = install(peft_model, GraphDecoder(peft_model, graphs=False, fuse=fuse))
+    sample_with_merged_lora(peft_model, decoder)
+    for _ in range(2):  # the second call re-merges into the same buffers
+        assert peft_model.generate(input_ids=ids, attention_mask=mask, generation_config=config).tolist() == \
+            expected.tolist()
+    assert len(decoder.fused_weights()) == (4 if fuse else 0)
+    # outside sampling the adapter is on again and the model computes what it did
+    out = peft_model(input_ids=ids, attention_mask=mask).logits
+    with peft_model.disable_adapter():
+        assert not torch.allclose(out, peft_model(input_ids=ids, attention_mask=mask).logits)

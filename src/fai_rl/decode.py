@@ -172,15 +172,33 @@ class GraphDecoder:
 
     `decoder.generate(input_ids, attention_mask, max_new_tokens, knobs, stops, pad)` returns (tokens_bt,
     logprobs_bt, lengths_b): each row's drawn tokens up to and including its stop token (then `pad`), their
-    log-probs, and how many were drawn. `graphs=False` never captures (the eager step, e.g. on CPU).
+    log-probs, and how many were drawn. `graphs=False` never captures (the eager step, e.g. on CPU). `fuse`: run
+    q/k/v and gate/up as one matmul each (fai_rl.models.fused); None: where the model is on CUDA.
     """
 
-    def __init__(self, model, graphs: bool | None = None, check_every: int = 8, compile: bool | None = None):
-        self.model, self.check_every = model, check_every
+    def __init__(self, model, graphs: bool | None = None, check_every: int = 8, compile: bool | None = None,
+                 fuse: bool | None = None):
+        self.model, self.check_every, self.fuse = model, check_every, fuse
         self.graphs = torch.cuda.is_available() if graphs is None else graphs
         self.compile = self.graphs if compile is None else compile
         self._step: _Step | None = None
         self._key = None
+        self._fused = None  # fai_rl.models.fused.DecodeWeights, made on the first call
+
+    def fused_weights(self, merge_lora: bool | None = None):
+        """The decoder's fai_rl.models.fused.DecodeWeights (q/k/v and gate/up as one matmul each), made once; with
+        CUDA only (it saves kernel launches, and costs a copy of those weights). `merge_lora`: see DecodeWeights."""
+        if self._fused is None:
+            from fai_rl.models.fused import DecodeWeights
+
+            import os
+
+            on = self.fuse if self.fuse is not None else \
+                next(self.model.parameters()).is_cuda and os.environ.get("FAI_RL_FUSED_PROJECTIONS", "1") != "0"
+            self._fused = DecodeWeights.of(self.model) if on else DecodeWeights(None)
+        if merge_lora is not None:
+            self._fused.merge_lora = merge_lora
+        return self._fused
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, knobs: Knobs,
@@ -191,6 +209,7 @@ class GraphDecoder:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         cache_len = -(-(prompt_len + max_new_tokens + 1) // CACHE_ROUND) * CACHE_ROUND  # +1: the slot opened last
         graphs = self.graphs and device.type == "cuda"
+        fused = self.fused_weights()
         key = (batch, cache_len, max_new_tokens, tuple(stops), pad, knobs, graphs)
         if self._key != key:
             self._step = None  # free the old shape's cache and graph first
@@ -206,7 +225,7 @@ class GraphDecoder:
         config = self.model.config
         attention, config._attn_implementation = config._attn_implementation, register()
         try:
-            with autocast:
+            with autocast, fused:  # q/k/v and gate/up as one matmul each: ~80 fewer kernels per token
                 drawn = self._decode(step, input_ids, attention_mask, max_new_tokens, graphs)
         finally:
             config._attn_implementation = attention

@@ -67,6 +67,20 @@ def resolved_performance(recipe: Recipe) -> dict:
     return perf
 
 
+def fuse_projections(model, recipe: Recipe) -> int:
+    """On a CUDA GPU, q/k/v and gate/up of each decoder layer run as one matmul each (fai_rl.models.fused: same
+    values, fewer and larger matmuls); groups an active LoRA adapter changes keep their own. Not under ZeRO-3,
+    whose parameters are shards gathered per module. FAI_RL_FUSED_PROJECTIONS=0 turns it off (for benchmarks).
+    Returns how many groups were fused."""
+    from fai_rl.config.deepspeed import is_zero3
+
+    if accelerator() != "cuda" or is_zero3(recipe) or os.environ.get("FAI_RL_FUSED_PROJECTIONS", "1") == "0":
+        return 0
+    from fai_rl.models.fused import fuse
+
+    return fuse(model)
+
+
 def check_precision(recipe: Recipe) -> None:
     """training.fp16 needs a CUDA GPU: on CPU there is no float16 GradScaler, and accelerate would run it anyway.
     bf16: true without a bf16 GPU runs in float32 (use_bf16), said here once."""
@@ -336,6 +350,7 @@ def run_trainer(trainer, recipe: Recipe, tokenizer, resume: ResumePoint | None, 
     if resume is not None and resume.weights_only:
         trainer.add_callback(ContinueSchedule())
     add_partial_checkpointing(trainer, recipe)  # null gradient_checkpointing on: only the layers memory needs
+    fuse_projections(trainer.model, recipe)
     from fai_rl.backends.local.trl_resume import keep_trl_state
 
     keep_trl_state(trainer, resume.path if resume and not resume.weights_only else None)  # TRL's own state

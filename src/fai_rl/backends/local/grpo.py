@@ -196,12 +196,12 @@ def enable_fast_generation(trainer, recipe: Recipe) -> None:
     m = recipe.model
     quantised = m.load_in_4bit or m.load_in_8bit
     graphs = False if quantised or is_zero3(recipe) else None  # None: on where CUDA is
-    install(trainer.model, GraphDecoder(trainer.model, graphs=graphs))
+    decoder = install(trainer.model, GraphDecoder(trainer.model, graphs=graphs))
     if m.use_lora and not (quantised or recipe.training.deepspeed_config):
-        sample_with_merged_lora(trainer.model)
+        sample_with_merged_lora(trainer.model, decoder)
 
 
-def sample_with_merged_lora(peft_model) -> None:
+def sample_with_merged_lora(peft_model, decoder=None) -> None:
     """Make `peft_model.generate` run on W + scale * B @ A, merged into a persistent buffer, with the adapter off.
 
     Unmerged, every LoRA linear adds two skinny matmuls and an add to each decoded token (~2x the decode time of the
@@ -209,12 +209,16 @@ def sample_with_merged_lora(peft_model) -> None:
     step; instead each base weight is pointed at a merged copy for the length of the call and back at its untouched
     storage afterwards. The buffers keep their addresses between calls, so the compiled CUDA graph stays valid.
     Costs one extra copy of the adapted weights' memory. The samples differ from the unmerged model's only by the
-    rounding of the merge.
+    rounding of the merge. With a `decoder` (fai_rl.decode.GraphDecoder) whose fused groups (q/k/v, gate/up; see
+    fai_rl.models.fused) compute a layer, that layer is merged into the group's buffer instead (no second copy).
     """
     import torch
     from peft.tuners.lora import LoraLayer
 
-    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and hasattr(m, "get_delta_weight")]
+    grouped = decoder.fused_weights(merge_lora=True) if decoder is not None else None
+    skip = grouped.members() if grouped is not None else set()
+    layers = [m for m in peft_model.modules()
+              if isinstance(m, LoraLayer) and hasattr(m, "get_delta_weight") and id(m) not in skip]
     buffers: dict[int, torch.Tensor] = {}
     generate = peft_model.generate
 
