@@ -7,12 +7,15 @@ functions as the local backend (fai_rl.rewards), so a recipe's rewards mean the 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 from fai_rl.artifacts import RunDir
@@ -32,6 +35,7 @@ from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows, render_prompts
 from fai_rl.data.truncation import Truncations
 from fai_rl.models.load import load_tokenizer
+from fai_rl.progress import stop_requested
 from fai_rl.sampling import render_chat, sample_tinker, stop_token_ids
 from fai_rl.schedule import Schedule
 
@@ -259,6 +263,9 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             log(0, evaluate_reward(session, sampler, prepared, recipe, 0))
         for step in range(start, total):
             step_began, metrics = time.time(), {}
+            if step == start and start and schedule.round_of(start - 1) == schedule.round_of(start):
+                batch = load_round(run.path, start)  # resumed mid-round: the batch the round's first step sampled
+                batch_key = schedule.round_of(start) if batch is not None else None
             if schedule.round_of(step) != batch_key:
                 batch_key = schedule.round_of(step)
                 made, batch, samples = (prefetched.result() if prefetched is not None
@@ -293,6 +300,8 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             log(done, algorithm.metric_names(metrics))
             if eval_due and done != total:
                 log(done, evaluate_reward(session, sampler, prepared, recipe, done))
+            if done < total and not new_round and (done % save_every == 0 or stop_requested(run.path)):
+                save_round(run.path, done, batch)  # before the state that needs it
             if done % save_every == 0 and done != total:
                 session.save_state(done)
             session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
@@ -330,3 +339,32 @@ def transcript_rows(tokenizer, samples: list[Sample], advantages: list[float], p
              "completion": s.text, "reward": s.reward, "advantage": a, "completion_tokens": len(s.completion),
              "stopped": s.stopped, "staleness": s.staleness}
             for i, (s, a) in enumerate(zip(shown, advantages, strict=False))]
+
+
+ROUNDS_DIR = "tinker_rounds"
+
+
+def save_round(out: Path, step: int, batch: tuple[list[Sample], list, list]) -> None:
+    """Keep the batch (samples, per-token advantages, advantages) that the rest of a round trains on, beside the
+    state saved at `step` in its middle (num_iterations > 1): a Tinker state holds weights and optimizer, not the
+    completions the round's first step sampled on weights no state holds, so without it a resumed run sampled anew
+    and left the uninterrupted run's path (issue 18). Staged and renamed: never half-written."""
+    samples, per_token, advantages = batch
+    file = out / ROUNDS_DIR / f"step-{step:06d}.json"
+    file.parent.mkdir(exist_ok=True)
+    tmp = file.with_suffix(".json.partial")
+    tmp.write_text(json.dumps({"samples": [asdict(s) for s in samples], "per_token": per_token,
+                               "advantages": advantages}, default=str))
+    os.replace(tmp, file)
+
+
+def load_round(out: Path, step: int) -> tuple[list[Sample], list, list] | None:
+    """The batch save_round kept for the state at `step`; None (with a note: the round is sampled again on the
+    resumed weights) when the run dir does not have it."""
+    file = out / ROUNDS_DIR / f"step-{step:06d}.json"
+    if not file.exists():
+        print(f"note: resuming in the middle of a round without its batch ({file} is missing): the rest of the round "
+              "trains on completions sampled anew, not on the uninterrupted run's", flush=True)
+        return None
+    data = json.loads(file.read_text())
+    return [Sample(**s) for s in data["samples"]], data["per_token"], data["advantages"]
