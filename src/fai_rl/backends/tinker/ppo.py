@@ -11,6 +11,7 @@ into the per-token advantages, as the local PPO folds it into the per-token rewa
 from __future__ import annotations
 
 import statistics
+from collections import deque
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker import rollouts
@@ -23,6 +24,7 @@ from fai_rl.schedule import Schedule
 HEADLINE = ("reward", "eval_reward", "kl", "completion_length", "policy_loss", "step_time_s")
 prepare = rollouts.prepare  # API key, tokenizer, prompt rows, rewards, resume point
 _EMA_DECAY = 0.9
+_EMA_COUNTER = "ppo_ema_baseline"  # the ema baseline's running mean, saved with each state
 
 
 def describe(recipe: Recipe, prepared: PreparedRL) -> str:
@@ -61,16 +63,26 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
     t = recipe.training
     print(f"PPO on Tinker: {_critic(recipe)}; clipped ppo loss (cliprange {t.cliprange}); KL coefficient "
           f"{t.kl_coef:g} to the base model", flush=True)
-    running: list[float | None] = [None]  # the ema baseline, carried from step to step
+    # the ema baseline, carried from step to step and saved with each state (TinkerSession.counters), so a resumed
+    # run goes on from the uninterrupted run's mean (issue 18: it restarted from the next batch's mean, which changed
+    # every advantage of the resumed steps unless whitening took the shift out again)
+    running: list[float | None] = [prepared.resume.counters.get(_EMA_COUNTER) if prepared.resume else None]
+    after: deque = deque()  # the mean after each batch made, in order (a prefetched batch is made a step early)
 
     def advantages(samples) -> tuple[list[float], dict]:
         values, running[0] = baseline_advantages([s.reward for s in samples], recipe.tinker.ppo_baseline,
                                                  running[0], t.whiten_advantages)
+        after.append(running[0])
         return values, {"eos_fraction": sum(s.stopped for s in samples) / len(samples)}
 
+    def update(session: TinkerSession, samples, per_token, step: int) -> dict:
+        mean = after.popleft()  # what a state saved after this step continues with
+        if mean is not None:
+            session.counters[_EMA_COUNTER] = mean
+        return _update(session, recipe, samples, per_token, step)
+
     algorithm = RLAlgorithm(
-        per_prompt=1, kl_coef=t.kl_coef, reference=True, advantages=advantages, headline=HEADLINE,
-        update=lambda session, samples, per_token, step: _update(session, recipe, samples, per_token, step),
+        per_prompt=1, kl_coef=t.kl_coef, reference=True, advantages=advantages, headline=HEADLINE, update=update,
         metric_names=local_names,
     )
     return rollouts.train_rl(recipe, prepared, run, algorithm,
