@@ -112,6 +112,17 @@ def test_sdk_round_trip_on_tiny_sft(tinker_server, tmp_path):
     assert len(lps) == len(tokens) and lps[0] is None
     np.testing.assert_allclose(np.array(lps[1:]), saved, atol=1e-4)
 
+    # -- a sampler is a snapshot (the harness's engine.py; skyrl-tx samples in the training slot): after an update it
+    # still gives the saved weights' log-probs, and sampling it after another sampler leaves the training weights be
+    train_step()
+    trained = forward_logprobs()
+    later = sc.create_sampling_client(
+        model_path=tc.save_weights_for_sampler("sampler-2").result(timeout=T).path).result(timeout=T)
+    for client, want in ((later, trained), (scl, saved)):
+        lps = client.compute_logprobs(types.ModelInput.from_ints(tokens)).result(timeout=T)
+        np.testing.assert_allclose(np.array(lps[1:]), want, atol=1e-4)
+    np.testing.assert_allclose(forward_logprobs(), trained, atol=1e-6)
+
     # -- RestClient lists both checkpoints.
     rest = server.rest_client()
     listed = timed("list_checkpoints", lambda: rest.list_checkpoints(run_id).result(timeout=T))
@@ -140,6 +151,6 @@ def test_sdk_round_trip_on_tiny_sft(tinker_server, tmp_path):
     with torch.no_grad():
         logits = model(torch.tensor([tokens[:-1]])).logits[0].float()
     local = torch.log_softmax(logits, -1).gather(-1, torch.tensor(tokens[1:])[:, None])[:, 0].numpy()
-    np.testing.assert_allclose(local, saved, atol=1e-4)
+    np.testing.assert_allclose(local, trained, atol=1e-4)
 
     print("tinker server timings (s):", timings)
