@@ -52,6 +52,7 @@ SHAPES = {
              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 512,
              "tie_word_embeddings": True},
 }
+PROFILE_STEP = int(os.environ.get("BENCH_PROFILE_STEP", "0"))  # >0: print a torch.profiler table of that step
 GRPO_VOCAB = 32000  # the GRPO reference was measured with a 32k word-level vocab
 PROMPT_TOKENS = 64
 COMPLETION_TOKENS = 256
@@ -219,8 +220,24 @@ def step_timer():
             self.ends = [self._now()]
             self.train_begin = self.ends[0]
 
+        def on_step_begin(self, args, state, control, **kw):
+            if PROFILE_STEP and state.global_step + 1 == PROFILE_STEP:  # where one step's time goes
+                import torch
+
+                self.profiler = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                self.profiler.__enter__()
+
         def on_step_end(self, args, state, control, **kw):
             self.ends.append(self._now())
+            if getattr(self, "profiler", None) is not None:
+                self.profiler.__exit__(None, None, None)
+                table = self.profiler.key_averages()
+                print(f"--- profile of step {PROFILE_STEP} (self CUDA time)", flush=True)
+                print(table.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=60), flush=True)
+                print("--- (CPU total time)", flush=True)
+                print(table.table(sort_by="cpu_time_total", row_limit=18, max_name_column_width=60), flush=True)
+                self.profiler = None
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
