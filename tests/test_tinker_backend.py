@@ -168,6 +168,27 @@ def test_grpo_raises_the_reward_of_the_prompts_it_trains_on(tmp_path, tinker_env
     assert same_steps([r for r in metrics(out) if r["step"] > 11], [r for r in rows if r["step"] > 11], rel=1e-4)
 
 
+def test_off_policy_grpo_in_rounds_resumes_onto_the_uninterrupted_path(tmp_path, tinker_env):
+    # tinker.max_steps_off_policy 1 with rounds of 2 steps (num_iterations 2): round 2 (steps 3-4) is sampled during
+    # step 2 on the round's start weights (0 updates), which no later state holds. The run keeps it beside each state
+    # (sampled early at a state saved mid-round), and the round batch itself mid-round, so resuming from the state
+    # at 1 (mid-round) or at 2 (between rounds) lands on the uninterrupted run's steps, metrics within rel 1e-4 (on
+    # the service a sampler on old weights is a snapshot: the harness's engine gives each a slot of its own)
+    out = tmp_path / "grpo-off-policy"
+    args = ("training.max_steps=4", "training.num_iterations=2", "training.eval_steps=null",
+            "training.logging_steps=1", "training.learning_rate=1e-3", "training.per_device_train_batch_size=16",
+            "training.num_generations=4", "tinker.max_steps_off_policy=1", "tinker.save_every=1",
+            "tinker.download_final=false", "data.datasets[0].max_samples=32", "data.eval_datasets=[]")
+    assert run("grpo", out, tinker_env, *args) == 0
+    rows = metrics(out)
+    assert [r.get("off_policy_steps") for r in rows] == [0.0, None, 2.0, None]
+    states = {c["step"]: c["path"] for c in json.loads((out / "checkpoints.json").read_text())["checkpoints"]
+              if c["kind"] == "state"}
+    for k in (1, 2):
+        assert run("grpo", out, tinker_env, *args, "--resume", states[k]) == 0
+        assert same_steps([r for r in metrics(out) if r["step"] > k], [r for r in rows if r["step"] > k], rel=1e-4)
+
+
 def test_dpo_margin_and_accuracy_rise(tmp_path, tinker_env):
     out = tmp_path / "dpo"
     began = time.time()

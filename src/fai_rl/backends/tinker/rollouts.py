@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -254,6 +254,9 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             made, metrics["groups_dropped"] = drop_zero_variance(made, algorithm.per_prompt)
         return metrics, made, samples
 
+    def evaluates(done: int) -> bool:
+        return bool(prepared.eval) and (done == total or bool(t.eval_steps and done % t.eval_steps == 0))
+
     # tinker.max_steps_off_policy: 1 samples the next round in a thread while this step's update runs on the service
     pool = ThreadPoolExecutor(1, thread_name_prefix="fai-rl-sampler") if recipe.tinker.max_steps_off_policy else None
     prefetched, version = None, start  # version: optimizer steps in `sampler`'s weights
@@ -263,9 +266,13 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             log(0, evaluate_reward(session, sampler, prepared, recipe, 0))
         for step in range(start, total):
             step_began, metrics = time.time(), {}
-            if step == start and start and schedule.round_of(start - 1) == schedule.round_of(start):
-                batch = load_round(run.path, start)  # resumed mid-round: the batch the round's first step sampled
-                batch_key = schedule.round_of(start) if batch is not None else None
+            if step == start and start:
+                mid_round = schedule.round_of(start - 1) == schedule.round_of(start)
+                if mid_round:
+                    batch = load_round(run.path, start)  # resumed mid-round: the batch the round's first step sampled
+                    batch_key = schedule.round_of(start) if batch is not None else None
+                if batch_key is not None or not mid_round:  # and the next round, when it was sampled ahead
+                    prefetched = load_ahead(run.path, start, noted=pool is not None)
             if schedule.round_of(step) != batch_key:
                 batch_key = schedule.round_of(step)
                 made, batch, samples = (prefetched.result() if prefetched is not None
@@ -280,7 +287,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                 metrics["num_tokens"] = session.counters["num_tokens"] = before + tokens
             done = step + 1
             new_round = done < total and schedule.round_of(done) != batch_key
-            if pool is not None and new_round:  # on the weights before this update: one step stale when trained
+            if pool is not None and new_round and prefetched is None:  # on the weights before this update
                 prefetched = pool.submit(make_batch, done, sampler, version)
             metrics["learning_rate"] = schedule.learning_rate(step)
             metrics["epoch"] = schedule.epoch(step)
@@ -291,7 +298,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                 shown, _, shown_advantages = batch
                 write_transcript(run.path, done, transcript_rows(prepared.tokenizer, shown,
                                                                              shown_advantages, algorithm.per_prompt))
-            eval_due = bool(prepared.eval) and (done == total or bool(t.eval_steps and done % t.eval_steps == 0))
+            eval_due = evaluates(done)
             if eval_due or new_round:
                 with timed(metrics, "wait"):
                     sampler = session.sampling_client(f"sampler-{done:06d}")
@@ -300,8 +307,17 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             log(done, algorithm.metric_names(metrics))
             if eval_due and done != total:
                 log(done, evaluate_reward(session, sampler, prepared, recipe, done))
-            if done < total and not new_round and (done % save_every == 0 or stop_requested(run.path)):
-                save_round(run.path, done, batch)  # before the state that needs it
+            if done < total and (done % save_every == 0 or stop_requested(run.path)):  # before the state that needs it
+                if not new_round:
+                    save_round(run.path, done, batch)
+                    # off-policy, the next round is sampled at this round's last step on the sampler in use now (no
+                    # evaluation before it renews it), on weights no later state holds: sample it now, to keep it
+                    upcoming = next((s for s in range(done, total) if schedule.round_of(s) != batch_key), None)
+                    if pool is not None and prefetched is None and upcoming is not None and not any(
+                            evaluates(d) for d in range(done + 1, upcoming)):
+                        prefetched = pool.submit(make_batch, upcoming, sampler, version)
+                if prefetched is not None:
+                    save_ahead(run.path, done, prefetched.result())
             if done % save_every == 0 and done != total:
                 session.save_state(done)
             session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
@@ -368,3 +384,35 @@ def load_round(out: Path, step: int) -> tuple[list[Sample], list, list] | None:
         return None
     data = json.loads(file.read_text())
     return [Sample(**s) for s in data["samples"]], data["per_token"], data["advantages"]
+
+
+def save_ahead(out: Path, step: int, made: tuple[dict, tuple[list[Sample], list, list], list[Sample]]) -> None:
+    """Keep the next round, sampled ahead (tinker.max_steps_off_policy), beside the state saved at `step`: its
+    metrics, the batch it trains on and every sample. It is drawn on weights older than the state's, so without it a
+    resumed run sampled that round on the resumed weights and left the uninterrupted run's path (issue 18)."""
+    metrics, (kept, per_token, advantages), samples = made
+    index = {id(s): i for i, s in enumerate(samples)}  # the kept samples are some of `samples`, as objects
+    file = out / ROUNDS_DIR / f"ahead-{step:06d}.json"
+    file.parent.mkdir(exist_ok=True)
+    tmp = file.with_suffix(".json.partial")
+    tmp.write_text(json.dumps({"metrics": metrics, "samples": [asdict(s) for s in samples],
+                               "kept": [index[id(s)] for s in kept], "per_token": per_token,
+                               "advantages": advantages}, default=str))
+    os.replace(tmp, file)
+
+
+def load_ahead(out: Path, step: int, noted: bool) -> Future | None:
+    """What save_ahead kept for the state at `step`, as the finished prefetch the loop takes it from; None when the
+    run dir does not have it (with a note when `noted`: the round is sampled on the resumed weights)."""
+    file = out / ROUNDS_DIR / f"ahead-{step:06d}.json"
+    if not file.exists():
+        if noted:
+            print(f"note: resuming without the next round sampled ahead ({file} is missing): it is sampled anew on "
+                  "the resumed weights, not on the uninterrupted run's older ones", flush=True)
+        return None
+    data = json.loads(file.read_text())
+    samples = [Sample(**s) for s in data["samples"]]
+    done: Future = Future()
+    done.set_result((data["metrics"], ([samples[i] for i in data["kept"]], data["per_token"], data["advantages"]),
+                     samples))
+    return done
