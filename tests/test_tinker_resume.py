@@ -1,0 +1,125 @@
+"""Exact resume on the Tinker backend (issue 18) for GSPO, RLOO, PPO, CPT and the workflow loop, against the local
+Tinker-API server (tests/tinker_harness). (SFT, GRPO and DPO resume tests are in test_tinker_backend.py.)
+
+One uninterrupted run per algorithm (module-scoped), saving a state at every step; resuming from its state at step k
+is a kill after step k: the state named step-k is what such a kill leaves (the loop saves it after the step's log and
+evaluation, the last one after the final evaluation), so a kill *during* an evaluation resumes from the step before
+and evaluates again. The resumed run's steps and evaluations must equal the uninterrupted run's within rel 1e-4, wall
+times aside. Measured on 2 cores beside other work (load ~3): the whole file ~3 min, of which ~20 s the server's start
+and ~20 s its first compiles.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from conftest import ROOT
+
+from fai_rl.cli.train import main
+
+pytestmark = [pytest.mark.tinker, pytest.mark.slow]
+
+WALL = ("time", "queued_ahead")  # wall-clock numbers and the pipelining flag differ run to run by design
+
+# each case: the recipe (a quickstart's name), its overrides, the states resumed from. The smallest runs that still
+# exercise each algorithm: 2 steps, evaluated at 0 and at the end; k = 1 resumes the last step and the final
+# evaluation, which is also where a kill during that evaluation resumes (the state at 2 is saved after it). Every
+# training batch is 16 sequences of <= 48 tokens (skyrl-tx compiles per micro-batch shape, 8-25 s each on 2 cores;
+# one shape for all cases keeps the file fast)
+STEPS = ("training.max_steps=2", "training.eval_steps=null", "training.learning_rate=1e-3")
+RL = (*STEPS, "training.per_device_eval_batch_size=16", "training.num_generations_eval=2",
+      "data.eval_datasets[0].max_samples=8", "data.datasets[0].max_samples=32")
+CASES = {
+    # rounds of 2 optimizer steps (num_iterations 2: both train on the batch the first sampled): k = 1 is mid-round
+    "gspo": ("gspo", (*RL, "training.num_iterations=2", "training.per_device_train_batch_size=16",
+                      "training.num_generations=4"), (1,)),
+    "rloo": ("rloo", (*RL, "training.per_device_train_batch_size=16", "training.num_generations=4"), (1,)),
+    # the ema baseline carries a running mean from step to step (seen only with whitening off: whitening takes any
+    # constant baseline out again); 2 epochs of the clipped loss per step; KL to the base model
+    "ppo": ("ppo", (*RL, "training.per_device_train_batch_size=16", "training.num_ppo_epochs=2", "training.seed=3",
+                    "tinker.ppo_baseline=ema", "training.whiten_advantages=false"), (1,)),
+    # the SFT/DPO loop, pipelined (the next step queued before this one is awaited) except around saves and evals
+    "cpt": ("cpt", STEPS, (1,)),
+    # the workflow loop: solver and judge episodes per task (4 tasks x 4 x 3 turns = 48 data), pass@k evaluations
+    "solver_judge": ("solver_judge", (*STEPS, "training.per_device_train_batch_size=16",
+                                      "training.num_generations_eval=2", "data.eval_datasets[0].max_samples=4",
+                                      "data.datasets[0].max_samples=32"), (1,)),
+}
+# CPT has no quickstart recipe: raw text (the digits prompts) packed into 48-token blocks
+CPT = """
+model: {base_model_name: fai-rl/tiny-sft}
+data:
+  datasets: [{name: fai-rl/digits, split: train, max_samples: 64, text_column: prompt}]
+  eval_datasets: [{name: fai-rl/digits, split: test, max_samples: 16, text_column: prompt}]
+  max_length: 48
+training: {algorithm: cpt, output_dir: runs/cpt, learning_rate: 1.0e-3, per_device_train_batch_size: 16,
+           per_device_eval_batch_size: 16, seed: 42}
+"""
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def values(rows):
+    return [{k: v for k, v in r.items() if not any(t in k for t in WALL)} for r in rows]
+
+
+def run(recipe: str, out, server, *overrides: str) -> int:
+    path = ROOT / "recipes" / "quickstart" / f"{recipe}.yaml"
+    if recipe == "cpt":
+        path = out.parent / "cpt.yaml"
+        path.write_text(CPT)
+    return main(["--recipe", str(path), "training.backend=tinker",
+                 f"tinker.base_url={server.base_url}", "model.base_model_name=fai-rl/tiny-sft", "tinker.lora_rank=8",
+                 f"training.output_dir={out}", "tinker.save_every=1", "tinker.download_final=false",
+                 "training.logging_steps=1", *overrides])
+
+
+@pytest.fixture(scope="module")
+def straight(tinker_server, tmp_path_factory):
+    """name -> (output_dir, seconds) of its uninterrupted run, made on first use."""
+    made: dict = {}
+
+    def get(name: str):
+        if name not in made:
+            recipe, overrides, _ = CASES[name]
+            out = tmp_path_factory.mktemp("straight") / name
+            began = time.time()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("TINKER_API_KEY", tinker_server.api_key)
+                mp.delenv("TINKER_BASE_URL", raising=False)
+                assert run(recipe, out, tinker_server, *overrides) == 0
+            made[name] = out, time.time() - began
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name,k", [(n, k) for n, (_, _, ks) in CASES.items() for k in ks])
+def test_resumed_run_takes_the_uninterrupted_runs_steps(name, k, straight, tinker_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    reference, took = straight(name)
+    want = [r for r in metrics(reference) if r["step"] > k]
+    state = next(c["path"] for c in json.loads((reference / "checkpoints.json").read_text())["checkpoints"]
+                 if c["kind"] == "state" and c["step"] == k)
+    out = tmp_path / name
+    shutil.copytree(reference, out)  # what the run dir holds after a kill at step k + 1 (and more, rewritten)
+    recipe, overrides, _ = CASES[name]
+    began = time.time()
+    assert run(recipe, out, tinker_server, *overrides, "--resume", state) == 0
+    got = [r for r in metrics(out) if r["step"] > k]
+    print(f"\ntinker {name}: straight {took:.0f} s, resumed from {k} {time.time() - began:.0f} s")
+    assert any(key.startswith("eval_") for r in want for key in r) and any("learning_rate" in r for r in want), want
+    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == k
+    if name == "gspo":  # the rest of the round trains on the batch its first step sampled, kept beside the state
+        assert (reference / "tinker_rounds" / f"step-{k:06d}.json").exists()
+    if name == "ppo":  # the ema baseline differs from the batch's own mean: a lost running mean would show
+        assert want[0]["advantages/mean"] != 0, want[0]
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for g, w in zip(values(got), values(want), strict=True):
+        assert g.keys() == w.keys() and g == pytest.approx(w, rel=1e-4, abs=1e-6), (g, w)
