@@ -11,7 +11,7 @@ into the per-token advantages, as the local PPO folds it into the per-token rewa
 from __future__ import annotations
 
 import statistics
-from collections import deque
+import threading
 
 from fai_rl.artifacts import RunDir
 from fai_rl.backends.tinker import rollouts
@@ -65,20 +65,28 @@ def train(recipe: Recipe, prepared: PreparedRL, run: RunDir) -> dict:
           f"{t.kl_coef:g} to the base model", flush=True)
     # the ema baseline, carried from step to step and saved with each state (TinkerSession.counters), so a resumed
     # run goes on from the uninterrupted run's mean (issue 18: it restarted from the next batch's mean, which changed
-    # every advantage of the resumed steps unless whitening took the shift out again)
+    # every advantage of the resumed steps unless whitening took the shift out again). The counter is the mean after
+    # the newest batch made: with tinker.max_steps_off_policy the next batch is made (in the sampler thread) before
+    # the state is saved and is kept beside it, not made again on resume, so the mean must include it
     running: list[float | None] = [prepared.resume.counters.get(_EMA_COUNTER) if prepared.resume else None]
-    after: deque = deque()  # the mean after each batch made, in order (a prefetched batch is made a step early)
+    counters: list[dict] = []  # the session's counters, from the first update on
+    lock = threading.Lock()  # the sampler thread's advantages and the main thread's update both write the counter
+
+    def keep() -> None:
+        if counters and running[0] is not None:
+            counters[0][_EMA_COUNTER] = running[0]
 
     def advantages(samples) -> tuple[list[float], dict]:
-        values, running[0] = baseline_advantages([s.reward for s in samples], recipe.tinker.ppo_baseline,
-                                                 running[0], t.whiten_advantages)
-        after.append(running[0])
+        with lock:
+            values, running[0] = baseline_advantages([s.reward for s in samples], recipe.tinker.ppo_baseline,
+                                                     running[0], t.whiten_advantages)
+            keep()
         return values, {"eos_fraction": sum(s.stopped for s in samples) / len(samples)}
 
     def update(session: TinkerSession, samples, per_token, step: int) -> dict:
-        mean = after.popleft()  # what a state saved after this step continues with
-        if mean is not None:
-            session.counters[_EMA_COUNTER] = mean
+        with lock:
+            counters[:] = [session.counters]
+            keep()
         return _update(session, recipe, samples, per_token, step)
 
     algorithm = RLAlgorithm(
