@@ -305,3 +305,33 @@ def test_tinker_uploads_only_final(tmp_path, bucket, endpoint, tinker_server, mo
     assert {f"tk/final/{rel}": size for rel, size in local_sizes(out / "final").items()}.items() <= on_store.items()
     assert not any(k.startswith("tk/checkpoint-") for k in on_store)  # Tinker states stay on the service
     assert json.loads((out / "summary.json").read_text())["s3_failed_uploads"] == []
+
+
+def test_two_processes_upload_checkpoints_holding_every_ranks_files(write_recipe, tmp_path, bucket, endpoint):
+    """Under --num-processes 2 each process writes its own files into checkpoint-N (rng_state_<rank>.pth, GRPO's
+    trl_tokens-rank<rank>.json written by fai-rl's own on_save) and only the main one uploads: every checkpoint on
+    the store holds both ranks' files, the upload having waited for both. (The race is not forced here: without
+    the wait, rank 0's snapshot could be taken before rank 1's on_save wrote its file.)"""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    recipe = {"model": {"base_model_name": "fai-rl/tiny-sft"},
+              "data": {"datasets": [{"name": "fai-rl/digits", "split": "train", "max_samples": 16}]},
+              "rewards": [{"function": "exact_match"}],
+              "training": {"algorithm": "grpo", "output_dir": str(out), "max_steps": 2, "save_steps": 1,
+                           "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 4,
+                           "logging_steps": 1, "bf16": False},
+              "s3": {"enabled": True, "bucket": bucket, "prefix": "runs/tiny", "endpoint_url": endpoint,
+                     "uploader": "boto3"}}
+    proc = subprocess.run([sys.executable, "-m", "fai_rl.cli.train", "--recipe", str(write_recipe(recipe)),
+                           "--num-gpus", "0", "--num-processes", "2"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    on_store = stored(endpoint, bucket)
+    for step in (1, 2):
+        for rank in (0, 1):
+            for name in (f"rng_state_{rank}.pth", f"trl_tokens-rank{rank}.json"):
+                assert f"runs/tiny/checkpoint-{step}/{name}" in on_store, (name, sorted(on_store))
+        assert f"runs/tiny/checkpoint-{step}/{s3.SENTINEL}" in on_store

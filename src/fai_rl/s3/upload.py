@@ -97,6 +97,14 @@ def _s5cmd(pairs: list[tuple[Path, str]], region: str | None, endpoint_url: str 
         raise RuntimeError(f"s5cmd exit {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1]}")
 
 
+def _wait_for_every_process() -> None:
+    """A barrier across the run's processes (nothing with one process or without torch.distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 class Uploads:
     """A run's uploads: each checkpoint-N on a worker thread while training goes on, final/ once it is written.
 
@@ -169,6 +177,9 @@ class Uploads:
 
         class S3UploadCallback(TrainerCallback):
             def on_save(self, args, state, control, **kwargs):
+                # every process writes its own files into checkpoint-N (rng_state_N.pth, TRL's per-rank state) and
+                # only the main one uploads: wait until all have saved, or the snapshot may miss another rank's
+                _wait_for_every_process()
                 if state.is_world_process_zero:
                     uploads.checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
