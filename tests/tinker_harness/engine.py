@@ -33,7 +33,7 @@ from collections import OrderedDict
 
 from sqlmodel import select
 
-from tx.layers.lora import clear_lora_adapter, init_lora_adapter
+from tx.layers.lora import init_lora_adapter
 from tx.tinker import engine as tx_engine
 from tx.tinker import types
 from tx.tinker.backends import jax as tx_jax
@@ -98,9 +98,8 @@ def _reset_accumulator(self, index: int) -> None:
 
 
 def _drop_sampler(self, key) -> None:
-    index = _sampler_slots(self).pop(key)
-    with jax.set_mesh(self.mesh):
-        clear_lora_adapter(self.model, index)
+    # the slot keeps the weights until it is taken again (init_lora_adapter then sets all of it): nothing points at it
+    _sampler_slots(self).pop(key)
 
 
 def _free_slot(self, keep=()) -> int | None:
