@@ -18,6 +18,7 @@ import time
 import pytest
 from conftest import ROOT
 
+from fai_rl.backends.tinker.common import TinkerSession
 from fai_rl.cli.train import main
 
 pytestmark = [pytest.mark.tinker, pytest.mark.slow]
@@ -51,6 +52,14 @@ CASES = {
     "solver_judge": ("solver_judge", (*STEPS, "training.per_device_train_batch_size=16",
                                       "training.num_generations_eval=2", "data.eval_datasets[0].max_samples=4",
                                       "data.datasets[0].max_samples=32"), (1,)),
+    # off-policy (step N+1's episodes run on the weights before step N's update, beside it): step 2's episodes were
+    # run before the state at 1 was saved, on weights no state holds; they are kept beside the state and taken on
+    # resume (before, the resumed run ran them on-policy: off_policy_steps 0, another loss)
+    "solver_judge_off_policy": ("solver_judge", (*STEPS, "training.per_device_train_batch_size=16",
+                                                 "training.num_generations_eval=2",
+                                                 "data.eval_datasets[0].max_samples=4",
+                                                 "data.datasets[0].max_samples=32", "tinker.max_steps_off_policy=1"),
+                                (1,)),
 }
 # CPT has no quickstart recipe: raw text (the digits prompts) packed into 48-token blocks
 CPT = """
@@ -85,19 +94,32 @@ def run(recipe: str, out, server, *overrides: str) -> int:
 
 @pytest.fixture(scope="module")
 def straight(tinker_server, tmp_path_factory):
-    """name -> (output_dir, seconds) of its uninterrupted run, made on first use."""
+    """name -> (output_dir, seconds, {k: copy of the run dir as it was just after the state at k was saved}) of its
+    uninterrupted run, made on first use. The copy is what a kill right after that save leaves (the finished run's
+    dir holds later states and rows besides)."""
     made: dict = {}
 
     def get(name: str):
         if name not in made:
-            recipe, overrides, _ = CASES[name]
+            recipe, overrides, ks = CASES[name]
             out = tmp_path_factory.mktemp("straight") / name
+            kept = {}
+            save_state = TinkerSession.save_state
+
+            def save_and_copy(session, step):
+                path = save_state(session, step)
+                if step in ks:
+                    kept[step] = out.parent / f"{name}-killed-after-{step}"
+                    shutil.copytree(out, kept[step])
+                return path
+
             began = time.time()
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("TINKER_API_KEY", tinker_server.api_key)
                 mp.delenv("TINKER_BASE_URL", raising=False)
+                mp.setattr(TinkerSession, "save_state", save_and_copy)
                 assert run(recipe, out, tinker_server, *overrides) == 0
-            made[name] = out, time.time() - began
+            made[name] = out, time.time() - began, kept
         return made[name]
 
     return get
@@ -107,12 +129,12 @@ def straight(tinker_server, tmp_path_factory):
 def test_resumed_run_takes_the_uninterrupted_runs_steps(name, k, straight, tinker_server, tmp_path, monkeypatch):
     monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
     monkeypatch.delenv("TINKER_BASE_URL", raising=False)
-    reference, took = straight(name)
+    reference, took, killed = straight(name)
     want = [r for r in metrics(reference) if r["step"] > k]
     state = next(c["path"] for c in json.loads((reference / "checkpoints.json").read_text())["checkpoints"]
                  if c["kind"] == "state" and c["step"] == k)
     out = tmp_path / name
-    shutil.copytree(reference, out)  # what the run dir holds after a kill at step k + 1 (and more, rewritten)
+    shutil.copytree(killed[k], out)  # what the run dir holds after a kill right after the state at k was saved
     recipe, overrides, _ = CASES[name]
     began = time.time()
     assert run(recipe, out, tinker_server, *overrides, "--resume", state) == 0
@@ -121,7 +143,9 @@ def test_resumed_run_takes_the_uninterrupted_runs_steps(name, k, straight, tinke
     assert any(key.startswith("eval_") for r in want for key in r) and any("learning_rate" in r for r in want), want
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == k
     if name == "gspo":  # the rest of the round trains on the batch its first step sampled, kept beside the state
-        assert (reference / "tinker_rounds" / f"step-{k:06d}.json").exists()
+        assert (killed[k] / "tinker_rounds" / f"step-{k:06d}.json").exists()
+    if name in ("ppo", "solver_judge_off_policy"):  # the batch made ahead of the state, on weights it does not hold
+        assert (killed[k] / "tinker_rounds" / f"ahead-{k:06d}.json").exists()
     if name == "ppo":  # the ema baseline differs from each batch's own mean: a lost running mean would show
         assert all(r["advantages/mean"] != 0 for r in want if "advantages/mean" in r), want
     assert [r["step"] for r in got] == [r["step"] for r in want]

@@ -31,6 +31,7 @@ from fai_rl.schedule import Schedule
 
 CHECKPOINTS_FILE = "checkpoints.json"
 API_KEY_ENV = "TINKER_API_KEY"
+ROUNDS_DIR = "tinker_rounds"  # what a state needs beside it to resume exactly (save_round_file)
 
 
 @dataclass
@@ -94,6 +95,33 @@ def init_state(init_from: str) -> str:
         raise RecipeError(f"model.init_from: '{init_from}' is neither a tinker:// state nor a Tinker run's output_dir "
                           f"with a saved state in {CHECKPOINTS_FILE}; give one of those.")
     return states[-1]["path"]
+
+
+def round_file(out: Path, kind: str, step: int) -> Path:
+    return out / ROUNDS_DIR / f"{kind}-{step:06d}.json"
+
+
+def save_round_file(out: Path, kind: str, step: int, data: dict) -> None:
+    """Keep `data` (JSON) beside the state saved at `step`, as output_dir/tinker_rounds/<kind>-<step>.json: what a
+    Tinker state (weights and optimizer) lacks to resume onto the uninterrupted run's path (issue 18), such as a
+    round's batch (the RL driver) or what was sampled ahead of the state on older weights (tinker.max_steps_off_policy).
+    Written before the state is recorded, staged and renamed: never half-written."""
+    file = round_file(out, kind, step)
+    file.parent.mkdir(exist_ok=True)
+    tmp = file.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, file)
+
+
+def load_round_file(out: Path, kind: str, step: int, missing: tuple[str, str] | None) -> dict | None:
+    """What save_round_file kept for the state at `step`; None when the run dir lacks it, with the note
+    "resuming without <what> (<file> is missing): <what happens instead>" when `missing` gives those two."""
+    file = round_file(out, kind, step)
+    if not file.exists():
+        if missing:
+            print(f"note: resuming without {missing[0]} ({file} is missing): {missing[1]}", flush=True)
+        return None
+    return json.loads(file.read_text())
 
 
 def read_checkpoints(recipe: Recipe) -> list[dict]:

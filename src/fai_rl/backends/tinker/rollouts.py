@@ -7,9 +7,7 @@ functions as the local backend (fai_rl.rewards), so a recipe's rewards mean the 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 import time
 import zlib
@@ -28,6 +26,8 @@ from fai_rl.backends.tinker.common import (
     check_api_key,
     datum,
     find_tinker_resume,
+    load_round_file,
+    save_round_file,
     write_summary,
 )
 from fai_rl.backends.tinker.rl_metrics import batch_metrics, timed
@@ -357,32 +357,24 @@ def transcript_rows(tokenizer, samples: list[Sample], advantages: list[float], p
             for i, (s, a) in enumerate(zip(shown, advantages, strict=False))]
 
 
-ROUNDS_DIR = "tinker_rounds"
-
-
 def save_round(out: Path, step: int, batch: tuple[list[Sample], list, list]) -> None:
     """Keep the batch (samples, per-token advantages, advantages) that the rest of a round trains on, beside the
     state saved at `step` in its middle (num_iterations > 1): a Tinker state holds weights and optimizer, not the
     completions the round's first step sampled on weights no state holds, so without it a resumed run sampled anew
-    and left the uninterrupted run's path (issue 18). Staged and renamed: never half-written."""
+    and left the uninterrupted run's path (issue 18)."""
     samples, per_token, advantages = batch
-    file = out / ROUNDS_DIR / f"step-{step:06d}.json"
-    file.parent.mkdir(exist_ok=True)
-    tmp = file.with_suffix(".json.partial")
-    tmp.write_text(json.dumps({"samples": [asdict(s) for s in samples], "per_token": per_token,
-                               "advantages": advantages}, default=str))
-    os.replace(tmp, file)
+    save_round_file(out, "step", step, {"samples": [asdict(s) for s in samples], "per_token": per_token,
+                                        "advantages": advantages})
 
 
 def load_round(out: Path, step: int) -> tuple[list[Sample], list, list] | None:
     """The batch save_round kept for the state at `step`; None (with a note: the round is sampled again on the
     resumed weights) when the run dir does not have it."""
-    file = out / ROUNDS_DIR / f"step-{step:06d}.json"
-    if not file.exists():
-        print(f"note: resuming in the middle of a round without its batch ({file} is missing): the rest of the round "
-              "trains on completions sampled anew, not on the uninterrupted run's", flush=True)
+    data = load_round_file(out, "step", step, (
+        "the batch of the round it resumes in the middle of",
+        "the rest of the round trains on completions sampled anew, not on the uninterrupted run's"))
+    if data is None:
         return None
-    data = json.loads(file.read_text())
     return [Sample(**s) for s in data["samples"]], data["per_token"], data["advantages"]
 
 
@@ -392,25 +384,19 @@ def save_ahead(out: Path, step: int, made: tuple[dict, tuple[list[Sample], list,
     resumed run sampled that round on the resumed weights and left the uninterrupted run's path (issue 18)."""
     metrics, (kept, per_token, advantages), samples = made
     index = {id(s): i for i, s in enumerate(samples)}  # the kept samples are some of `samples`, as objects
-    file = out / ROUNDS_DIR / f"ahead-{step:06d}.json"
-    file.parent.mkdir(exist_ok=True)
-    tmp = file.with_suffix(".json.partial")
-    tmp.write_text(json.dumps({"metrics": metrics, "samples": [asdict(s) for s in samples],
-                               "kept": [index[id(s)] for s in kept], "per_token": per_token,
-                               "advantages": advantages}, default=str))
-    os.replace(tmp, file)
+    save_round_file(out, "ahead", step, {"metrics": metrics, "samples": [asdict(s) for s in samples],
+                                         "kept": [index[id(s)] for s in kept], "per_token": per_token,
+                                         "advantages": advantages})
 
 
 def load_ahead(out: Path, step: int, noted: bool) -> Future | None:
     """What save_ahead kept for the state at `step`, as the finished prefetch the loop takes it from; None when the
     run dir does not have it (with a note when `noted`: the round is sampled on the resumed weights)."""
-    file = out / ROUNDS_DIR / f"ahead-{step:06d}.json"
-    if not file.exists():
-        if noted:
-            print(f"note: resuming without the next round sampled ahead ({file} is missing): it is sampled anew on "
-                  "the resumed weights, not on the uninterrupted run's older ones", flush=True)
+    data = load_round_file(out, "ahead", step, (
+        "the next round sampled ahead",
+        "it is sampled anew on the resumed weights, not on the uninterrupted run's older ones") if noted else None)
+    if data is None:
         return None
-    data = json.loads(file.read_text())
     samples = [Sample(**s) for s in data["samples"]]
     done: Future = Future()
     done.set_result((data["metrics"], ([samples[i] for i in data["kept"]], data["per_token"], data["advantages"]),

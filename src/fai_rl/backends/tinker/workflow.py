@@ -10,7 +10,8 @@ submitted before either is awaited.
 
 tinker.max_steps_off_policy: 1 runs step N+1's workflows in a thread on the weights before step N's update while that
 update runs on the service; each sample's staleness is recorded (off_policy_steps, transcripts) and corrected by the
-importance ratio to the sampler's log-probs that the loss already uses.
+importance ratio to the sampler's log-probs that the loss already uses. Those episodes are run on weights no state
+holds, so they are kept beside each state (tinker_rounds/ahead-N.json) and taken on --resume, as the RL driver does.
 
 Departures: no KL term (training.beta must be 0 with a workflow); evaluation is evaluate_workflow's pass@k metrics on
 the held-out tasks rather than eval_reward.
@@ -19,8 +20,9 @@ the held-out tasks rather than eval_reward.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from fai_rl.transcripts import due, first_groups, write_transcript
 from fai_rl.artifacts import RunDir
@@ -30,6 +32,8 @@ from fai_rl.backends.tinker.common import (
     TinkerSession,
     check_api_key,
     find_tinker_resume,
+    load_round_file,
+    save_round_file,
     write_summary,
 )
 from fai_rl.backends.tinker.grpo import update_policy
@@ -37,8 +41,9 @@ from fai_rl.backends.tinker.rl_metrics import batch_metrics, timed
 from fai_rl.backends.tinker.rollouts import Sample
 from fai_rl.config.schema import Recipe
 from fai_rl.models.load import load_tokenizer
+from fai_rl.progress import stop_requested
 from fai_rl.schedule import Schedule
-from fai_rl.workflows import build_workflow, reward_scorer, run_workflow, step_advantages
+from fai_rl.workflows import Episode, Step, Trajectory, build_workflow, reward_scorer, run_workflow, step_advantages
 from fai_rl.workflows.grouping import drop_flat_groups
 from fai_rl.workflows.data import describe_workflow, load_workflow_rows
 from fai_rl.workflows.loop import evaluate, report_truncations, rollout_metrics
@@ -131,6 +136,8 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
             log(0, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
         for step in range(start, total):
             step_began = time.time()
+            if step == start and start and pool is not None:  # resumed: the episodes run ahead of the state
+                prefetched = load_ahead(run.path, start)
             made, episodes, sampled_at = (prefetched.result() if prefetched is not None
                                           else episodes_of(step, sampler.client, version))
             prefetched, metrics = None, dict(made)
@@ -161,6 +168,8 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
             if prepared.eval and t.eval_steps and done % t.eval_steps == 0 and done != total:
                 sampler.reseed(f"{t.seed}:evaluation at step {done}")
                 log(done, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
+            if prefetched is not None and done < total and (done % save_every == 0 or stop_requested(run.path)):
+                save_ahead(run.path, done, prefetched.result())  # before the state that needs it
             if done % save_every == 0 and done != total:
                 session.save_state(done)
             session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
@@ -177,3 +186,27 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
         session.close(ok)
     return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
                          workflow=w.type)
+
+
+def save_ahead(out: Path, step: int, made: tuple[dict, list[Episode], int]) -> None:
+    """Keep the next step's episodes, run ahead (tinker.max_steps_off_policy) on weights older than the state saved at
+    `step`, beside that state: their metrics, the episodes and the optimizer steps of their weights. Without them a
+    resumed run ran that step on-policy on the resumed weights and left the uninterrupted run's path (issue 18)."""
+    metrics, episodes, sampled_at = made
+    save_round_file(out, "ahead", step, {"metrics": metrics, "episodes": [asdict(e) for e in episodes],
+                                         "sampled_at": sampled_at})
+
+
+def load_ahead(out: Path, step: int) -> Future | None:
+    """What save_ahead kept for the state at `step`, as the finished prefetch the loop takes it from; None (with a
+    note) when the run dir does not have it."""
+    data = load_round_file(out, "ahead", step, (
+        "the next step's episodes run ahead",
+        "they are run anew on the resumed weights, not on the uninterrupted run's older ones"))
+    if data is None:
+        return None
+    episodes = [Episode([Trajectory(t["name"], [Step(**s) for s in t["steps"]], t["reward"], t["correct"])
+                         for t in e["trajectories"]], e["metrics"]) for e in data["episodes"]]
+    done: Future = Future()
+    done.set_result((data["metrics"], episodes, data["sampled_at"]))
+    return done
