@@ -113,3 +113,25 @@ def tinker_server():
         pytest.fail(missing, pytrace=False)
     with server:
         yield server
+
+
+def copies_at_states(mp: pytest.MonkeyPatch, out: Path) -> dict[int, Path]:
+    """step -> a copy of the Tinker run dir `out` made right after its state at that step was saved (TinkerSession's
+    save_state, wrapped through `mp`): what a kill at that moment leaves, tinker_rounds/ included, which the finished
+    run deletes. Resume an earlier state exactly from its copy, not from the finished run's dir."""
+    import shutil
+
+    from fai_rl.backends.tinker.common import TinkerSession
+
+    copies: dict[int, Path] = {}
+    save_state = TinkerSession.save_state
+
+    def save_and_copy(session, step):
+        path = save_state(session, step)
+        copies[step] = out.parent / f"{out.name}-killed-after-{step}"
+        shutil.rmtree(copies[step], ignore_errors=True)
+        shutil.copytree(out, copies[step])
+        return path
+
+    mp.setattr(TinkerSession, "save_state", save_and_copy)
+    return copies

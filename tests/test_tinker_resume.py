@@ -16,9 +16,8 @@ import shutil
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, copies_at_states
 
-from fai_rl.backends.tinker.common import TinkerSession
 from fai_rl.cli.train import main
 
 pytestmark = [pytest.mark.tinker, pytest.mark.slow]
@@ -94,35 +93,29 @@ def run(recipe: str, out, server, *overrides: str) -> int:
 
 @pytest.fixture(scope="module")
 def straight(tinker_server, tmp_path_factory):
-    """name -> (output_dir, seconds, {k: copy of the run dir as it was just after the state at k was saved}) of its
-    uninterrupted run, made on first use. The copy is what a kill right after that save leaves (the finished run's
-    dir holds later states and rows besides)."""
+    """name -> (output_dir, seconds, {step: copy of the run dir as it was just after the state at step was saved}) of
+    its uninterrupted run, made on first use. A copy is what a kill right after that save leaves (the finished run's
+    dir holds later states and rows, and no tinker_rounds/: the final state needs none)."""
     made: dict = {}
 
     def get(name: str):
         if name not in made:
-            recipe, overrides, ks = CASES[name]
+            recipe, overrides, _ = CASES[name]
             out = tmp_path_factory.mktemp("straight") / name
-            kept = {}
-            save_state = TinkerSession.save_state
-
-            def save_and_copy(session, step):
-                path = save_state(session, step)
-                if step in ks:
-                    kept[step] = out.parent / f"{name}-killed-after-{step}"
-                    shutil.copytree(out, kept[step])
-                return path
-
             began = time.time()
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("TINKER_API_KEY", tinker_server.api_key)
                 mp.delenv("TINKER_BASE_URL", raising=False)
-                mp.setattr(TinkerSession, "save_state", save_and_copy)
+                killed = copies_at_states(mp, out)
                 assert run(recipe, out, tinker_server, *overrides) == 0
-            made[name] = out, time.time() - began, kept
+            made[name] = out, time.time() - began, killed
         return made[name]
 
     return get
+
+
+def rounds(out) -> list[str]:
+    return sorted(p.name for p in (out / "tinker_rounds").glob("*")) if (out / "tinker_rounds").exists() else []
 
 
 @pytest.mark.parametrize("name,k", [(n, k) for n, (_, _, ks) in CASES.items() for k in ks])
@@ -151,3 +144,15 @@ def test_resumed_run_takes_the_uninterrupted_runs_steps(name, k, straight, tinke
     assert [r["step"] for r in got] == [r["step"] for r in want]
     for g, w in zip(values(got), values(want), strict=True):
         assert g.keys() == w.keys() and g == pytest.approx(w, rel=1e-4, abs=1e-6), (g, w)
+    assert rounds(out) == [] and rounds(reference) == []  # finished: the final state needs nothing beside it
+
+
+def test_rounds_files_follow_the_states_they_belong_to(straight):
+    # PPO (quickstart save_total_limit 1, off-policy: the batch made ahead beside each state). The local server has
+    # no delete endpoint, so the state at 1 stays on the service (a note), but the limit keeps one resume point: its
+    # file goes once the state at 2 is saved. GSPO's state at 1 is mid-round (its batch kept); 2 is the end
+    _, _, ppo = straight("ppo")
+    assert rounds(ppo[1]) == ["ahead-000001.json"]
+    assert rounds(ppo[2]) == ["ahead-000002.json"]
+    _, _, gspo = straight("gspo")
+    assert rounds(gspo[1]) == ["step-000001.json"]

@@ -105,7 +105,8 @@ def save_round_file(out: Path, kind: str, step: int, data: dict) -> None:
     """Keep `data` (JSON) beside the state saved at `step`, as output_dir/tinker_rounds/<kind>-<step>.json: what a
     Tinker state (weights and optimizer) lacks to resume onto the uninterrupted run's path (issue 18), such as a
     round's batch (the RL driver) or what was sampled ahead of the state on older weights (tinker.max_steps_off_policy).
-    Written before the state is recorded, staged and renamed: never half-written."""
+    Written before the state is recorded, staged and renamed: never half-written. The session deletes it when the state
+    stops being a resume candidate (TinkerSession._prune_rounds) and at the end of a finished run."""
     file = round_file(out, kind, step)
     file.parent.mkdir(exist_ok=True)
     tmp = file.with_suffix(".json.partial")
@@ -245,6 +246,28 @@ class TinkerSession:
             self.wait(rest.set_checkpoint_ttl_from_tinker_path(path, ttl), f"setting the TTL of {path}")
         if kind == "state" and self.recipe.training.save_total_limit:
             self._rotate([e for e in entries if e["kind"] == "state"])
+        if kind == "state":
+            self._prune_rounds(entries)
+
+    def _prune_rounds(self, entries: list[dict]) -> None:
+        """tinker_rounds/ (save_round_file) keeps the files of the states --resume can still continue from: not
+        deleted, among the newest training.save_total_limit (also when the service refused to delete the older ones:
+        the limit is the user's bound on resume points, and each file holds a whole batch) and not past
+        tinker.checkpoint_ttl_s. The files of every other step go, those of states a resumed run dropped included."""
+        folder = self.run.path / ROUNDS_DIR
+        if not folder.is_dir():
+            return
+        states = [e for e in entries if e["kind"] == "state" and not e.get("deleted")]
+        if self.recipe.training.save_total_limit:
+            states = states[-self.recipe.training.save_total_limit:]
+        if self.k.checkpoint_ttl_s:
+            now = time.time()
+            states = [e for e in states
+                      if time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%S")) + self.k.checkpoint_ttl_s > now]
+        keep = {f"{e['step']:06d}" for e in states}
+        for file in folder.iterdir():  # <kind>-<step>.json (and a .json.partial a kill left)
+            if file.name.partition("-")[2].partition(".")[0] not in keep:
+                file.unlink(missing_ok=True)
 
     def _rotate(self, states: list[dict]) -> None:
         """training.save_total_limit on Tinker: delete the oldest saved states on the service, keeping the newest N
@@ -280,6 +303,8 @@ class TinkerSession:
         """The final state, sampler weights, and final/ (the adapter downloaded as a PEFT dir, when asked)."""
         if self.last_state is None or not self.last_state.endswith(f"step-{step:06d}"):
             self.save_state(step)
+        # the final state has no steps left to resume into: nothing in tinker_rounds/ is needed any more
+        shutil.rmtree(self.run.path / ROUNDS_DIR, ignore_errors=True)
         sampler = self.retry(lambda: self.training.save_weights_for_sampler("final"), "save_weights_for_sampler")
         self._record("sampler", step, sampler.path)
         print(f"tinker: final state {self.last_state}\ntinker: final sampler weights {sampler.path}", flush=True)
