@@ -5,8 +5,9 @@ One uninterrupted run per algorithm (module-scoped), saving a state at every ste
 is a kill after step k: the state named step-k is what such a kill leaves (the loop saves it after the step's log and
 evaluation, the last one after the final evaluation), so a kill *during* an evaluation resumes from the step before
 and evaluates again. The resumed run's steps and evaluations must equal the uninterrupted run's within rel 1e-4, wall
-times aside. Measured on 2 cores shared with other work (load 4-5): the whole file 192 s wall, ~115 s CPU, including
-the server's start (~20 s) and its first compiles.
+times aside, and its summary.json totals (generated tokens, prompts cut) the whole run's. Measured on 2 cores shared
+with other work (load ~3): the whole file 252 s wall (7 tests), including the server's start (~20 s) and its first
+compiles.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ CASES = {
     # rounds of 2 optimizer steps (num_iterations 2: both train on the batch the first sampled): k = 1 is mid-round
     "gspo": ("gspo", (*RL, "training.num_iterations=2", "training.per_device_train_batch_size=16",
                       "training.num_generations=4"), (1,)),
-    "rloo": ("rloo", (*RL, "training.per_device_train_batch_size=16", "training.num_generations=4"), (1,)),
+    # every prompt (33 tokens) cut by one to data.max_length: the run's truncation totals have something to count
+    "rloo": ("rloo", (*RL, "training.per_device_train_batch_size=16", "training.num_generations=4",
+                      "data.max_length=32"), (1,)),
     # the ema baseline carries a running mean from step to step (seen only with whitening off: whitening takes any
     # constant baseline out again); 2 epochs of the clipped loss per step; KL to the base model. Off-policy (the next
     # batch sampled while this one trains): step 2's batch was made, with the mean after step 1's, before the state
@@ -134,7 +137,12 @@ def test_resumed_run_takes_the_uninterrupted_runs_steps(name, k, straight, tinke
     got = [r for r in metrics(out) if r["step"] > k]
     print(f"\ntinker {name}: straight {took:.0f} s, resumed from {k} {time.time() - began:.0f} s")
     assert any(key.startswith("eval_") for r in want for key in r) and any("learning_rate" in r for r in want), want
-    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == k
+    summary, whole = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    assert summary["resumed_from_step"] == k
+    for key in ("generated_tokens", "truncated_prompts", "truncated_prompt_tokens"):  # the whole run's, resumed or not
+        assert summary.get(key) == whole.get(key), (key, summary.get(key), whole.get(key))
+    if name == "rloo":
+        assert whole["truncated_prompts"] > 0 and whole["generated_tokens"] > 0, whole
     if name == "gspo":  # the rest of the round trains on the batch its first step sampled, kept beside the state
         assert (killed[k] / "tinker_rounds" / f"step-{k:06d}.json").exists()
     if name in ("ppo", "solver_judge_off_policy"):  # the batch made ahead of the state, on weights it does not hold

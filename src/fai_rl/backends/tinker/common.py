@@ -434,10 +434,13 @@ def write_summary(run: RunDir, recipe: Recipe, resume: TinkerResume | None, sess
                   runtime: float, final: Path | None, counted: str, count: int, **extra) -> dict:
     """summary.json of a Tinker run: what every algorithm reports, `counted` tokens and their rate, plus `extra`."""
     rate = counted.replace("tokens", "tokens_per_s") if counted != "train_tokens" else "tokens_per_s"
+    # `count` is the whole run's when the loop keeps it in the session's counters (saved with each state); the rate
+    # is this process's, over the tokens counted since the state it resumed from
+    mine = count - (resume.counters.get(counted, 0) if resume else 0)
     return run.write_summary(
         algorithm=recipe.training.algorithm, backend="tinker", global_step=total,
         resumed_from_step=resume.step if resume else None, train_runtime_s=round(runtime, 2),
-        **{counted: count, rate: round(count / runtime, 1) if runtime else None}, **extra,
+        **{counted: count, rate: round(mine / runtime, 1) if runtime else None}, **extra,
         final_dir=str(final) if final else None, tinker_state=session.last_state, **session.uploads.summary(),
     )
 

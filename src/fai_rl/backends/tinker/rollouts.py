@@ -219,10 +219,12 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
         reference = (session.init_reference(start) if recipe.model.init_from else
                      session.wait(session.service.create_sampling_client(base_model=base_model(recipe)),
                                   "creating the reference sampler (base weights)"))
-    began, generated, tokens, ok = time.time(), 0, 0, False
+    began, tokens, ok = time.time(), 0, False
     before = session.counters.get("num_tokens", 0)  # a resumed run goes on counting (saved with each state)
+    generated = session.counters.get("generated_tokens", 0)  # likewise, the whole run's in summary.json
     batch_key, batch = None, None
     cut = Truncations("prompt", recipe.data.max_length)  # the run's prompts cut to data.max_length: one line at the end
+    cut.add(Truncations("prompt", None, **session.counters.get("prompt_cuts", {})))  # and in summary.json
 
     def make_batch(step: int, sampler, version: int) -> tuple[dict, tuple[list, list, list], list[Sample]]:
         """Sample, score and weigh the round that starts at `step` on `sampler` (weights after `version` steps)."""
@@ -283,6 +285,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                     s.staleness = step - s.sampled_at
                 metrics["off_policy_steps"] = statistics.fmean(s.staleness for s in samples)
                 generated += sum(len(s.completion) for s in samples)
+                session.counters["generated_tokens"] = generated
                 tokens += sum(len(s.tokens()) for s in samples)
                 metrics["num_tokens"] = session.counters["num_tokens"] = before + tokens
             done = step + 1
@@ -318,6 +321,9 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
                         prefetched = pool.submit(make_batch, upcoming, sampler, version)
                 if prefetched is not None:
                     save_ahead(run.path, done, prefetched.result())
+            # saved with the next state (none is made meanwhile: the batch made ahead is awaited above), cuts of the
+            # batch made ahead included, since a resume takes that batch as it is
+            session.counters["prompt_cuts"] = {"seen": cut.seen, "rows": cut.rows, "tokens": cut.tokens}
             if done % save_every == 0 and done != total:
                 session.save_state(done)
             session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
@@ -332,7 +338,7 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
             pool.shutdown(wait=False, cancel_futures=True)
         session.close(ok)
     return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
-                         **summary)
+                         truncated_prompts=cut.rows, truncated_prompt_tokens=cut.tokens, **summary)
 
 
 def drop_zero_variance(batch: tuple[list, list, list], per_prompt: int) -> tuple[tuple[list, list, list], int]:

@@ -40,6 +40,7 @@ from fai_rl.backends.tinker.grpo import update_policy
 from fai_rl.backends.tinker.rl_metrics import batch_metrics, timed
 from fai_rl.backends.tinker.rollouts import Sample
 from fai_rl.config.schema import Recipe
+from fai_rl.data.truncation import Truncations
 from fai_rl.models.load import load_tokenizer
 from fai_rl.progress import stop_requested
 from fai_rl.schedule import Schedule
@@ -109,7 +110,11 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
     save_every = recipe.tinker.save_every
     print(f"workflow {w.type} with {t.algorithm} on Tinker: {per_step} tasks x {t.num_generations} episodes per "
           f"step, grouping {w.grouping}", flush=True)
-    began, generated, ok = time.time(), 0, False
+    began, ok = time.time(), False
+    generated = session.counters.get("generated_tokens", 0)  # a resumed run goes on counting (saved with each state)
+    cuts = getattr(prepared.workflow, "cuts", None)  # a built-in workflow's prompts cut to data.max_length
+    if cuts is not None:
+        cuts.run.add(Truncations("prompt", None, **session.counters.get("prompt_cuts", {})))
 
     def episodes_of(step: int, client, version: int) -> tuple[dict, list, int]:
         """Run step `step`'s workflows on `client` (weights after `version` updates), through a sampler of its own
@@ -146,6 +151,7 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
             scored = step_advantages(episodes, [i // t.num_generations for i in range(len(episodes))], w.grouping,
                                      w.norm_adv_by_std)
             generated += sum(len(s.step.completion_tokens) for s in scored)
+            session.counters["generated_tokens"] = generated
             metrics.update(rollout_metrics(episodes), learning_rate=schedule.learning_rate(step))
             metrics["off_policy_steps"] = float(step - sampled_at)  # every sample of the step has this staleness
             samples, per_token = as_samples(scored, sampled_at, step)
@@ -170,6 +176,9 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
                 log(done, evaluate(prepared.workflow, sampler, prepared.eval, recipe))
             if prefetched is not None and done < total and (done % save_every == 0 or stop_requested(run.path)):
                 save_ahead(run.path, done, prefetched.result())  # before the state that needs it
+            if cuts is not None:  # saved with the next state (the episodes run ahead awaited above), theirs included
+                session.counters["prompt_cuts"] = {"seen": cuts.run.seen, "rows": cuts.run.rows,
+                                                   "tokens": cuts.run.tokens}
             if done % save_every == 0 and done != total:
                 session.save_state(done)
             session.stop_if_asked(done, total)  # fai-rl-runs stop: state saved, RunStopped
@@ -184,8 +193,9 @@ def train(recipe: Recipe, prepared: PreparedTinkerWorkflow, run: RunDir) -> dict
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         session.close(ok)
+    cut_totals = {"truncated_prompts": cuts.run.rows, "truncated_prompt_tokens": cuts.run.tokens} if cuts else {}
     return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
-                         workflow=w.type)
+                         workflow=w.type, **cut_totals)
 
 
 def save_ahead(out: Path, step: int, made: tuple[dict, list[Episode], int]) -> None:
