@@ -125,6 +125,18 @@ def load_round_file(out: Path, kind: str, step: int, missing: tuple[str, str] | 
     return json.loads(file.read_text())
 
 
+def resumable_steps(entries: list[dict], save_total_limit: int | None, ttl_s: int | None, now: float) -> set[int]:
+    """The steps of the states in checkpoints.json `entries` that are still resume candidates at time `now`: not
+    deleted on the service, among the newest `save_total_limit` (also when the service refused to delete the older
+    ones: the limit is the user's bound on resume points) and saved less than `ttl_s` (tinker.checkpoint_ttl_s) ago."""
+    states = [e for e in entries if e["kind"] == "state" and not e.get("deleted")]
+    if save_total_limit:
+        states = states[-save_total_limit:]
+    if ttl_s:
+        states = [e for e in states if time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%S")) + ttl_s > now]
+    return {e["step"] for e in states}
+
+
 def read_checkpoints(recipe: Recipe) -> list[dict]:
     path = Path(recipe.training.output_dir) / CHECKPOINTS_FILE
     return json.loads(path.read_text())["checkpoints"] if path.exists() else []
@@ -250,21 +262,13 @@ class TinkerSession:
             self._prune_rounds(entries)
 
     def _prune_rounds(self, entries: list[dict]) -> None:
-        """tinker_rounds/ (save_round_file) keeps the files of the states --resume can still continue from: not
-        deleted, among the newest training.save_total_limit (also when the service refused to delete the older ones:
-        the limit is the user's bound on resume points, and each file holds a whole batch) and not past
-        tinker.checkpoint_ttl_s. The files of every other step go, those of states a resumed run dropped included."""
+        """tinker_rounds/ (save_round_file) keeps the files of the states --resume can still continue from
+        (resumable_steps); those of every other step go, of states a resumed run dropped included."""
         folder = self.run.path / ROUNDS_DIR
         if not folder.is_dir():
             return
-        states = [e for e in entries if e["kind"] == "state" and not e.get("deleted")]
-        if self.recipe.training.save_total_limit:
-            states = states[-self.recipe.training.save_total_limit:]
-        if self.k.checkpoint_ttl_s:
-            now = time.time()
-            states = [e for e in states
-                      if time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%S")) + self.k.checkpoint_ttl_s > now]
-        keep = {f"{e['step']:06d}" for e in states}
+        keep = {f"{step:06d}" for step in resumable_steps(entries, self.recipe.training.save_total_limit,
+                                                            self.k.checkpoint_ttl_s, time.time())}
         for file in folder.iterdir():  # <kind>-<step>.json (and a .json.partial a kill left)
             if file.name.partition("-")[2].partition(".")[0] not in keep:
                 file.unlink(missing_ok=True)
