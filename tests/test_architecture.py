@@ -12,8 +12,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     {"errors", "imports", "stats", "paths", "algorithms", "noise"},  # neutral helpers and the algorithm registry
     {"config"},  # the recipe: schema, rules, resolution
-    {"schedule", "rl_math", "sampling", "decode", "runlog", "s3", "artifacts", "tracking", "transcripts",
-     "progress", "tensorboard_log"},  # every trainer shares
+    {"schedule", "rl_math", "sampling", "decode", "fused_projections", "runlog", "s3", "artifacts", "tracking",
+     "transcripts", "progress", "tensorboard_log"},  # every trainer shares
     {"data"},
     {"models"},
     {"rewards"},

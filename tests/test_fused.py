@@ -1,4 +1,4 @@
-"""Fused projections for sampling (fai_rl.models.fused): q/k/v and gate/up as one matmul each give the unfused
+"""Fused projections for sampling (fai_rl.fused_projections): q/k/v and gate/up as one matmul each give the unfused
 model's logits with fewer matmuls, follow weight changes between calls, merge LoRA deltas, and leave the model's
 own forward untouched outside the context. (Greedy decoding through them: tests/test_decode.py.)"""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fai_rl.models.fused import DecodeWeights
+from fai_rl.fused_projections import DecodeWeights
 
 
 class _CountLinear(TorchFunctionMode):

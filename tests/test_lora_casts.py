@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fai_rl.backends.local.common import keep_lora_inputs_under_autocast
+from fai_rl.models.lora_inputs import keep_lora_inputs_under_autocast
 
 
 class _CountCopies(TorchDispatchMode):

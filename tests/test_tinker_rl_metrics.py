@@ -58,7 +58,7 @@ def test_batch_metrics_count_tokens_advantages_and_groups_whose_rewards_are_all_
 
 
 def test_drop_zero_variance_leaves_out_whole_groups_whose_rewards_are_all_equal():
-    from fai_rl.backends.tinker.rollouts import drop_zero_variance
+    from fai_rl.backends.tinker.rl_metrics import drop_zero_variance
 
     rewards = [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5]  # groups of 2: flat, mixed, flat, flat
     samples = [_sample(2, [-1.0], r) for r in rewards]

@@ -182,7 +182,7 @@ class GraphDecoder:
     `decoder.generate(input_ids, attention_mask, max_new_tokens, knobs, stops, pad)` returns (tokens_bt,
     logprobs_bt, lengths_b): each row's drawn tokens up to and including its stop token (then `pad`), their
     log-probs, and how many were drawn. `graphs=False` never captures (the eager step, e.g. on CPU). `fuse`: run
-    q/k/v and gate/up as one matmul each (fai_rl.models.fused); None: where the model is on CUDA.
+    q/k/v and gate/up as one matmul each (fai_rl.fused_projections); None: where the model is on CUDA.
     """
 
     def __init__(self, model, graphs: bool | None = None, check_every: int = 8, compile: bool | None = None,
@@ -192,13 +192,13 @@ class GraphDecoder:
         self.compile = self.graphs if compile is None else compile
         self._step: _Step | None = None
         self._key = None
-        self._fused = None  # fai_rl.models.fused.DecodeWeights, made on the first call
+        self._fused = None  # fai_rl.fused_projections.DecodeWeights, made on the first call
 
     def fused_weights(self, merge_lora: bool | None = None):
-        """The decoder's fai_rl.models.fused.DecodeWeights (q/k/v and gate/up as one matmul each), made once; with
+        """The decoder's fai_rl.fused_projections.DecodeWeights (q/k/v and gate/up as one matmul each), made once; with
         CUDA only (it saves kernel launches, and costs a copy of those weights). `merge_lora`: see DecodeWeights."""
         if self._fused is None:
-            from fai_rl.models.fused import DecodeWeights
+            from fai_rl.fused_projections import DecodeWeights
 
             import os
 

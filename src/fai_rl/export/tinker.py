@@ -2,7 +2,7 @@
 
 As `tinker checkpoint download` does it: a training client is loaded from the saved state, its weights are exported
 with `save_weights_external` (a temporary export, deleted afterwards) and every file is fetched from the signed URLs
-of `get_external_weights_urls` (backends/tinker/common.fetch_exported_adapter, shared with final/ at the end of a
+of `get_external_weights_urls` (backends/tinker/adapter_download.fetch_exported_adapter, shared with final/ at the end of a
 run). An `external_weights` path is fetched directly. Sampler weights cannot be exported by the service; the run's
 saved state (`weights/...`, listed in checkpoints.json) can, and holds the same weights.
 
@@ -66,7 +66,8 @@ def download(checkpoint: TinkerCheckpoint, dest: Path) -> dict:
     """Fetch the checkpoint as a PEFT adapter into the empty dir `dest` (with fai_rl.json); returns its note."""
     import tinker
 
-    from fai_rl.backends.tinker.common import check_api_key, fetch_exported_adapter
+    from fai_rl.backends.tinker.adapter_download import fetch_exported_adapter
+    from fai_rl.backends.tinker.common import check_api_key
 
     check_api_key()
     timeout = float(checkpoint.tinker.get("request_timeout_s") or 600)

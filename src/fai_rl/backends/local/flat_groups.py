@@ -1,5 +1,5 @@
 """training.drop_zero_variance_groups on the local backend: DAPO's dynamic-sampling filter (Yu et al., 2025) over
-TRL's GRPOTrainer / RLOOTrainer, as the Tinker driver applies it (fai_rl.backends.tinker.rollouts.drop_zero_variance).
+TRL's GRPOTrainer / RLOOTrainer, as the Tinker driver applies it (fai_rl.backends.tinker.rl_metrics.drop_zero_variance).
 
 A group whose rewards are all equal has advantage 0 for every completion: it adds no policy gradient, only KL terms
 and tokens to the loss's denominator. After TRL scores a generation batch, those groups' completions are masked out

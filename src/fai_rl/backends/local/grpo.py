@@ -210,7 +210,7 @@ def sample_with_merged_lora(peft_model, decoder=None) -> None:
     storage afterwards. The buffers keep their addresses between calls, so the compiled CUDA graph stays valid.
     Costs one extra copy of the adapted weights' memory. The samples differ from the unmerged model's only by the
     rounding of the merge. With a `decoder` (fai_rl.decode.GraphDecoder) whose fused groups (q/k/v, gate/up; see
-    fai_rl.models.fused) compute a layer, that layer is merged into the group's buffer instead (no second copy).
+    fai_rl.fused_projections) compute a layer, that layer is merged into the group's buffer instead (no second copy).
     """
     import torch
     from peft.tuners.lora import LoraLayer

@@ -24,6 +24,8 @@ import statistics
 import time
 from contextlib import contextmanager
 
+from fai_rl.transcripts import PROMPTS_SHOWN
+
 
 def sampler_drift(samples, trainer_logprobs: list[list[float]]) -> dict[str, float]:
     """kl_sample_train, kl_sample_train_v2 and entropy over the completion tokens of `samples` (rollouts.Sample),
@@ -90,3 +92,25 @@ def timed(metrics: dict, phase: str):
     finally:
         key = f"time/{phase}"
         metrics[key] = metrics.get(key, 0.0) + time.time() - began
+
+
+def drop_zero_variance(batch: tuple[list, list, list], per_prompt: int) -> tuple[tuple[list, list, list], int]:
+    """training.drop_zero_variance_groups (DAPO's dynamic-sampling filter): the batch without the groups of
+    `per_prompt` consecutive samples whose rewards are all equal, and how many groups were dropped."""
+    samples, per_token, advantages = batch
+    keep = [i for g in range(0, len(samples), per_prompt) if len({s.reward for s in samples[g : g + per_prompt]}) > 1
+            for i in range(g, g + per_prompt)]
+    kept = [samples[i] for i in keep], [per_token[i] for i in keep], [advantages[i] for i in keep]
+    return kept, (len(samples) - len(keep)) // per_prompt
+
+
+def transcript_rows(tokenizer, samples: list, advantages: list[float], per_prompt: int) -> list[dict]:
+    """The first prompts of a batch (rollouts.Sample objects in groups of `per_prompt` consecutive samples) for fai_rl.transcripts: the prompt
+    as the model saw it (chat template included), each completion, its reward and advantage."""
+    shown = samples[: PROMPTS_SHOWN * per_prompt]
+    prompts: dict[int, str] = {}
+    return [{"group": i // per_prompt,
+             "prompt": prompts.setdefault(i // per_prompt, tokenizer.decode(s.prompt)),
+             "completion": s.text, "reward": s.reward, "advantage": a, "completion_tokens": len(s.completion),
+             "stopped": s.stopped, "staleness": s.staleness}
+            for i, (s, a) in enumerate(zip(shown, advantages, strict=False))]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from fai_rl.artifacts import RunDir
-from fai_rl.transcripts import PROMPTS_SHOWN, due, write_transcript
+from fai_rl.transcripts import due, write_transcript
 from fai_rl.backends.tinker.common import (
     StepLog,
     TinkerResume,
@@ -30,7 +30,7 @@ from fai_rl.backends.tinker.common import (
     save_round_file,
     write_summary,
 )
-from fai_rl.backends.tinker.rl_metrics import batch_metrics, timed
+from fai_rl.backends.tinker.rl_metrics import batch_metrics, drop_zero_variance, timed, transcript_rows
 from fai_rl.config.schema import Recipe
 from fai_rl.data.rl import load_prompt_rows, render_prompts
 from fai_rl.data.truncation import Truncations
@@ -339,28 +339,6 @@ def train_rl(recipe: Recipe, prepared: PreparedRL, run: RunDir, algorithm: RLAlg
         session.close(ok)
     return write_summary(run, recipe, prepared.resume, session, total, runtime, final, "generated_tokens", generated,
                          truncated_prompts=cut.rows, truncated_prompt_tokens=cut.tokens, **summary)
-
-
-def drop_zero_variance(batch: tuple[list, list, list], per_prompt: int) -> tuple[tuple[list, list, list], int]:
-    """training.drop_zero_variance_groups (DAPO's dynamic-sampling filter): the batch without the groups of
-    `per_prompt` consecutive samples whose rewards are all equal, and how many groups were dropped."""
-    samples, per_token, advantages = batch
-    keep = [i for g in range(0, len(samples), per_prompt) if len({s.reward for s in samples[g : g + per_prompt]}) > 1
-            for i in range(g, g + per_prompt)]
-    kept = [samples[i] for i in keep], [per_token[i] for i in keep], [advantages[i] for i in keep]
-    return kept, (len(samples) - len(keep)) // per_prompt
-
-
-def transcript_rows(tokenizer, samples: list[Sample], advantages: list[float], per_prompt: int) -> list[dict]:
-    """The first prompts of a batch (groups of `per_prompt` consecutive samples) for fai_rl.transcripts: the prompt
-    as the model saw it (chat template included), each completion, its reward and advantage."""
-    shown = samples[: PROMPTS_SHOWN * per_prompt]
-    prompts: dict[int, str] = {}
-    return [{"group": i // per_prompt,
-             "prompt": prompts.setdefault(i // per_prompt, tokenizer.decode(s.prompt)),
-             "completion": s.text, "reward": s.reward, "advantage": a, "completion_tokens": len(s.completion),
-             "stopped": s.stopped, "staleness": s.staleness}
-            for i, (s, a) in enumerate(zip(shown, advantages, strict=False))]
 
 
 def save_round(out: Path, step: int, batch: tuple[list[Sample], list, list]) -> None:
