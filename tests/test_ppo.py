@@ -233,10 +233,10 @@ def test_quickstart_learns_digits(tmp_path, one_thread, capsys):
     # ... and so does the held-out reward (16 samples for each of the 40 problems never trained on).
     evals = [row["eval_reward"] for row in rows if "eval_reward" in row]
     assert evals[-1] - evals[0] >= 0.2, evals
-    # The critic learns: its loss falls by a tenth or more, and its error relative to the spread of the returns
-    # falls (explained variance rises). With 0/1 rewards the loss floor is 0.5 * p(1 - p), which grows while the
-    # reward climbs toward 0.5, so the loss falls less than the critic improves.
-    assert window_mean(train, "value_loss", slice(-2, None)) < 0.9 * window_mean(train, "value_loss", slice(0, 2))
+    # The critic learns: its error relative to the spread of the returns falls (explained variance rises). Its raw
+    # loss is not asked to fall: with 0/1 rewards the loss floor is 0.5 * p(1 - p), which grows while the reward
+    # climbs toward 0.5, so the loss falls less than the critic improves (0.107 -> 0.086 on one machine, 0.125 ->
+    # 0.121 on a 2-core AVX-512/AMX Xeon, where the reward went 0.25 -> 0.6).
     assert window_mean(train, "explained_variance", slice(-3, None)) > window_mean(
         train, "explained_variance", slice(0, 3))
     assert all(0 <= row["clipfrac"] <= 1 and row["kl"] < 5 for row in train)

@@ -31,14 +31,18 @@ def run_quickstart(name, out, *overrides):
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "gspo"])
-def test_grpo_and_gspo_raise_the_held_out_reward_by_at_least_0_3(tmp_path, algorithm):
+def test_grpo_and_gspo_raise_the_held_out_and_the_training_reward(tmp_path, algorithm):
     out = tmp_path / algorithm
     rows, wall = run_quickstart(algorithm, out)
     # eval_reward: mean exact match of 16 sampled answers for each of the 40 held-out problems, before and after.
+    # fai-rl/tiny-sft is trained on first use, so its weights (and every run from it) depend on the CPU's float
+    # kernels. Measured, seed 42: previous CI machine GRPO 0.32 -> 0.67; a 2-core AVX-512/AMX Xeon GRPO 0.295 -> 0.517
+    # (train reward 0.35 -> 0.80), GSPO 0.295 -> 0.664 (0.35 -> 0.85). Asked: +0.15 held out (3x the ~0.05 spread of
+    # a 640-sample eval over 40 prompts) and +0.3 on the training reward.
     evals = [(r["step"], r["eval_reward"]) for r in rows if "eval_reward" in r]
     assert [s for s, _ in evals] == [0, 75, 150]
     before, after = evals[0][1], evals[-1][1]
-    assert after - before >= 0.3, evals
+    assert after - before >= 0.15, evals
     train = [r for r in rows if "reward" in r]
     assert all("rewards/exact_match/mean" in r for r in train)  # each reward logs under its own name
     assert train[-1]["reward"] > train[0]["reward"] + 0.3
@@ -68,7 +72,7 @@ def check_eval_of_the_quickstart(out, eval_reward):
     results = json.loads((out / "eval" / "results.json").read_text())
     sampled, greedy = results["tasks"]["digits-sampled"], results["tasks"]["digits-greedy"]
     grpo, sft = sampled["results"][str(out)]["exact_match"], sampled["results"]["fai-rl/tiny-sft"]["exact_match"]
-    assert grpo["pass@1"] >= sft["pass@1"] + 0.2, (grpo, sft)
+    assert grpo["pass@1"] >= sft["pass@1"] + 0.12, (grpo, sft)  # the run's own rise was asked >= 0.15
     assert abs(grpo["pass@1"] - eval_reward) < 0.1  # the same measurement as training's eval_reward, resampled
     for stats in (grpo, sft):
         assert stats["pass@16"] >= stats["pass@4"] >= stats["pass@1"]
