@@ -115,6 +115,15 @@ def tinker_server():
         yield server
 
 
+@pytest.fixture
+def tinker_env(tinker_server, monkeypatch):
+    """The local server for a `fai-rl-train` run: its API key in the environment, no TINKER_BASE_URL; returns it."""
+    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    return tinker_server
+
+
+
 def copies_at_states(mp: pytest.MonkeyPatch, out: Path) -> dict[int, Path]:
     """step -> a copy of the Tinker run dir `out` made right after its state at that step was saved (TinkerSession's
     save_state, wrapped through `mp`): what a kill at that moment leaves, tinker_rounds/ included, which the finished

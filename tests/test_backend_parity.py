@@ -149,12 +149,6 @@ def _keys(out) -> set[str]:
     return set().union(*(_train_rows(out)))
 
 
-@pytest.fixture
-def tinker_env(tinker_server, monkeypatch):
-    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
-    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
-    return tinker_server
-
 
 @pytest.mark.tinker
 @pytest.mark.slow

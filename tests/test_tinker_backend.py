@@ -37,12 +37,6 @@ def same_steps(got: list[dict], want: list[dict], rel: float = 0.0) -> bool:
     return True
 
 
-@pytest.fixture
-def tinker_env(tinker_server, monkeypatch):
-    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
-    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
-    return tinker_server
-
 
 def run(algorithm: str, out, server, *overrides: str) -> int:
     recipe = ROOT / "recipes" / "quickstart" / f"{algorithm}.yaml"

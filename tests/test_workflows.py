@@ -431,14 +431,12 @@ def test_the_quickstart_trains_both_roles_and_the_judge_learns_to_pick_locally(t
 
 @pytest.mark.tinker
 @pytest.mark.slow
-def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_server, monkeypatch):
+def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_env):
     # A smoke run (2 steps): that the workflow samples, scores and updates through the service. Learning is asserted
     # on the local backend above; the Tinker update path is tinker/grpo.py's, whose own test asserts learning. Run
     # longer (10 steps, 16 episodes, lr 2e-3 on 8 problems) it moved solver pass@1 0.44 -> 0.63 and 0.28 -> 0.56.
-    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
-    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
     out = tmp_path / "tinker"
-    args = ["--recipe", str(QUICKSTART), "training.backend=tinker", f"tinker.base_url={tinker_server.base_url}",
+    args = ["--recipe", str(QUICKSTART), "training.backend=tinker", f"tinker.base_url={tinker_env.base_url}",
             "tinker.lora_rank=8", "tinker.download_final=false", f"training.output_dir={out}",
             "training.learning_rate=2e-3", "training.max_steps=2", "training.per_device_train_batch_size=16",
             "training.logging_steps=1", "data.datasets[0].max_samples=8", "data.eval_datasets=[]",
@@ -469,13 +467,11 @@ def test_the_quickstart_trains_both_roles_on_the_tinker_server(tmp_path, tinker_
 
 @pytest.mark.tinker
 @pytest.mark.slow
-def test_the_tinker_workflow_loop_samples_the_next_step_while_this_one_trains(tmp_path, tinker_server, monkeypatch):
+def test_the_tinker_workflow_loop_samples_the_next_step_while_this_one_trains(tmp_path, tinker_env):
     # tinker.max_steps_off_policy 1: step N+1's episodes run on the weights before step N's update (one step stale,
     # recorded per sample and corrected by the importance ratio the loss already uses)
-    monkeypatch.setenv("TINKER_API_KEY", tinker_server.api_key)
-    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
     out = tmp_path / "off-policy"
-    assert main(["--recipe", str(QUICKSTART), "training.backend=tinker", f"tinker.base_url={tinker_server.base_url}",
+    assert main(["--recipe", str(QUICKSTART), "training.backend=tinker", f"tinker.base_url={tinker_env.base_url}",
                  "tinker.lora_rank=8", "tinker.download_final=false", f"training.output_dir={out}",
                  "training.max_steps=3", "training.per_device_train_batch_size=8", "training.logging_steps=1",
                  "data.datasets[0].max_samples=8", "data.eval_datasets=[]", "tinker.max_steps_off_policy=1",
