@@ -69,8 +69,15 @@ def test_lora_deltas_are_merged_into_the_group_buffers():
             base = peft_model(input_ids=ids).logits
         weights = DecodeWeights.of(peft_model)
         assert len(weights) == 4
+        layer = peft_model.base_model.model.model.layers[0]
+        x = torch.randn(3, 32)
+        alone = layer.self_attn.q_proj(x), layer.mlp.up_proj(x)
         with weights:  # adapters on: their delta is in the buffer, the group's matmul replaces the adapter's
             assert torch.allclose(peft_model(input_ids=ids).logits, adapted, atol=1e-5)
+            # a member called out of order (not right after gate_proj on the same input) computes from its own
+            # rows of the buffer, its adapter's delta included
+            assert torch.allclose(layer.mlp.up_proj(x), alone[1], atol=1e-5)
+            assert torch.allclose(layer.self_attn.q_proj(x), alone[0], atol=1e-5)
         with peft_model.disable_adapter():
             with weights:  # adapters off (the reference model's view)
                 assert torch.allclose(peft_model(input_ids=ids).logits, base, atol=1e-5)

@@ -69,24 +69,26 @@ def _fusable_groups(model):
 
 
 class _Group:
-    """One fused group: its member modules, where the concatenated weight comes from, and the slices of the last
-    input not yet handed out. While `enabled` is False the members run their own (class) forwards."""
+    """One fused group: its member modules, the buffers holding their concatenated weights (and biases), and the
+    slices of the last input not yet handed out. While `enabled` is False the members run their own forwards."""
 
-    def __init__(self, members, linears, weight_fn, bias_fn, enabled: bool = True):
-        self.members, self.linears, self.weight_fn, self.bias_fn = members, linears, weight_fn, bias_fn
+    def __init__(self, members, linears, weight, bias):
+        self.members, self.linears, self.weight, self.bias = members, linears, weight, bias
         self.sizes = [lin.out_features for lin in linears]
-        self.enabled = enabled
+        self.enabled = False
         self.x, self.parts = None, None
 
     def forward(self, i: int, x):
         if not self.enabled:
             return type(self.members[i]).forward(self.members[i], x)
         if i == 0:
-            out = torch.nn.functional.linear(x, self.weight_fn(), self.bias_fn())
+            out = torch.nn.functional.linear(x, self.weight, self.bias)
             self.x, self.parts = x, list(out.split(self.sizes, dim=-1))
-        elif self.x is not x or self.parts is None:  # not called right after the first on the same input
-            lin = self.linears[i]
-            return torch.nn.functional.linear(x, lin.weight, lin.bias)
+        elif self.x is not x or self.parts is None:  # not called right after the first on the same input: its own
+            # rows of the buffer (they hold what it computes now, a merged adapter included)
+            start = sum(self.sizes[:i])
+            bias = None if self.bias is None else self.bias[start : start + self.sizes[i]]
+            return torch.nn.functional.linear(x, self.weight[start : start + self.sizes[i]], bias)
         part = self.parts[i]
         if i == len(self.sizes) - 1:
             self.x, self.parts = None, None  # every slice handed out: drop the references
@@ -96,11 +98,6 @@ class _Group:
         for i, module in enumerate(self.members):
             module.forward = (lambda x, _i=i, _g=self: _g.forward(_i, x))
             module._fai_rl_fused = self
-
-    def uninstall(self) -> None:
-        for module in self.members:
-            module.__dict__.pop("forward", None)
-            module.__dict__.pop("_fai_rl_fused", None)
 
 
 class DecodeWeights:
@@ -118,19 +115,19 @@ class DecodeWeights:
     def __init__(self, model, merge_lora: bool = False):
         """`model` None: no groups (a decoder that does not fuse)."""
         self.merge_lora = merge_lora
-        self.groups: list[tuple[_Group, torch.Tensor, torch.Tensor | None]] = []
+        self.groups: list[_Group] = []
         with torch.no_grad():
             for parent, names, linears in _fusable_groups(model) if model is not None else ():
                 members = [getattr(parent, n) for n in names]
+                if "_fai_rl_fused" in members[0].__dict__:
+                    continue  # another DecodeWeights has this model (use DecodeWeights.of)
                 weight = torch.empty(sum(lin.out_features for lin in linears), linears[0].in_features,
                                      dtype=linears[0].weight.dtype, device=linears[0].weight.device)
                 bias = None if linears[0].bias is None else torch.empty(weight.shape[0], dtype=linears[0].bias.dtype,
                                                                         device=weight.device)
-                if "_fai_rl_fused" in members[0].__dict__:
-                    continue  # another DecodeWeights has this model (use DecodeWeights.of)
-                group = _Group(members, linears, lambda w=weight: w, lambda b=bias: b, enabled=False)
+                group = _Group(members, linears, weight, bias)
                 group.install()
-                self.groups.append((group, weight, bias))
+                self.groups.append(group)
 
     @classmethod
     def of(cls, model) -> "DecodeWeights":
@@ -145,28 +142,28 @@ class DecodeWeights:
 
     def members(self) -> set[int]:
         """ids of every module whose output a fused group computes."""
-        return {id(m) for group, _, _ in self.groups for m in group.members}
+        return {id(m) for group in self.groups for m in group.members}
 
     @torch.no_grad()
     def copy(self) -> None:
-        for group, weight, bias in self.groups:
-            parts = weight.split(group.sizes, dim=0)
+        for group in self.groups:
+            parts = group.weight.split(group.sizes, dim=0)
             for module, lin, part in zip(group.members, group.linears, parts):
                 part.copy_(lin.weight)
                 if module is not lin and not module.merged and (self.merge_lora or _adapters_on(module)):
                     for name in module.active_adapters:
                         if name in module.lora_A:
                             part.add_(module.get_delta_weight(name).to(part.dtype))
-            if bias is not None:
-                torch.cat([lin.bias for lin in group.linears], dim=0, out=bias)
+            if group.bias is not None:
+                torch.cat([lin.bias for lin in group.linears], dim=0, out=group.bias)
 
     def __enter__(self):
         self.copy()
-        for group, _, _ in self.groups:
+        for group in self.groups:
             group.enabled = True
         return self
 
     def __exit__(self, *exc):
-        for group, _, _ in self.groups:
+        for group in self.groups:
             group.enabled, group.x, group.parts = False, None, None
         return False
